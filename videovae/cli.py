@@ -1,0 +1,182 @@
+"""The `videovae` command line (also `python -m videovae`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+
+logger = logging.getLogger("videovae")
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_inflate(args) -> None:
+    from .config import apply_overrides, check_model_kwargs, load_yaml
+    from .model import VideoVAE
+    from .utils import atomic_output
+
+    overrides = {}
+    if args.config:
+        data = load_yaml(args.config)
+        overrides = data.get("model", data)
+    apply_overrides(overrides, args.overrides)
+    check_model_kwargs(overrides, args.config or "overrides")
+    if args.image_vae_type:
+        overrides["image_vae_type"] = args.image_vae_type
+    with atomic_output(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
+        vae = VideoVAE.from_image_vae(args.image_vae, arch=args.arch, **overrides)
+        vae.save_pretrained(tmp)
+    n = sum(p.numel() for p in vae.parameters())
+    print(f"wrote {args.output}: {n / 1e6:.1f}M parameters, latent_channels="
+          f"{vae.config.latent_channels}, compression {vae.temporal_compression_ratio}x"
+          f"{vae.spatial_compression_ratio}x{vae.spatial_compression_ratio}, "
+          f"scaling_factor={vae.config.scaling_factor}, shift_factor={vae.config.shift_factor}")
+
+
+def _load(args):
+    from .pipeline import configure, load_model
+    from .utils import pick_device, pick_dtype
+
+    vae = load_model(args.model, pick_device(args.device), pick_dtype(args.dtype))
+    configure(vae, chunk_frames=args.chunk_frames, decode_chunk=args.decode_chunk,
+              tile=args.tile, tile_overlap=args.tile_overlap)
+    return vae
+
+
+def cmd_encode(args) -> None:
+    from .pipeline import encode_file
+
+    info = encode_file(_load(args), args.video, args.output, chunk_frames=args.chunk_frames,
+                       normalize=args.normalize, sample=args.sample, backend=args.backend,
+                       progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {info['num_frames']} frames -> latents "
+          f"{tuple(info['latent_shape'])}")
+
+
+def cmd_decode(args) -> None:
+    from .pipeline import decode_file
+
+    info = decode_file(_load(args), args.latents, args.output, crf=args.crf,
+                       progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {info['num_frames']} frames, {info['width']}x{info['height']} "
+          f"at {info['fps']:.3f} fps")
+
+
+def cmd_reconstruct(args) -> None:
+    from .pipeline import reconstruct_file
+
+    report = reconstruct_file(_load(args), args.video, args.output, metrics_path=args.metrics,
+                              side_by_side=args.side_by_side, chunk_frames=args.chunk_frames,
+                              crf=args.crf, backend=args.backend,
+                              progress=not args.no_progress, overwrite=args.overwrite)
+    print(f"wrote {args.output}: {report['num_frames']} frames, PSNR {report['psnr_mean']:.2f} dB"
+          f", SSIM {report['ssim_mean']:.4f}")
+
+
+def cmd_train(args) -> None:
+    from .train import train
+    from .train_config import load_train_config
+
+    final = train(load_train_config(args.config, args.overrides))
+    print(f"wrote {final}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser
+
+
+def _model_options(s, reads_video: bool) -> None:
+    s.add_argument("--model", required=True, help="VideoVAE folder (config.json + weights)")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    s.add_argument("--chunk-frames", type=int, default=16,
+                   help="frames per streamed chunk (multiple of the temporal ratio)")
+    s.add_argument("--decode-chunk", type=int, default=4, help="latent frames per decode step")
+    s.add_argument("--tile", type=int, default=None,
+                   help="spatial tile size in pixels (default: no tiling)")
+    s.add_argument("--tile-overlap", type=int, default=64, help="tile overlap in pixels")
+    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--overwrite", action="store_true")
+    if reads_video:
+        s.add_argument("--backend", default="auto", choices=["auto", "decord", "pyav"],
+                       help="video reader")
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="videovae", description=__doc__)
+    p.add_argument("--version", action="version", version=f"videovae {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("inflate", help="inflate an image VAE checkpoint into a video VAE")
+    s.add_argument("--image-vae", required=True,
+                   help="diffusers AutoencoderKL folder, or one .safetensors/.ckpt file")
+    s.add_argument("--arch", default="cv", choices=["cv"], help="video VAE family")
+    s.add_argument("--config", help="YAML of VideoVAE settings (top level or under `model:`)")
+    s.add_argument("--image-vae-type", choices=["sd", "sdxl", "sd3", "flux"],
+                   help="latent scaling to use when the checkpoint does not say")
+    s.add_argument("-o", "--output", required=True, help="output model folder")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="VideoVAE settings")
+    s.set_defaults(func=cmd_inflate)
+
+    s = sub.add_parser("encode", help="encode a video into a latent file (streams)")
+    s.add_argument("video")
+    _model_options(s, reads_video=True)
+    s.add_argument("--normalize", action="store_true",
+                   help="store latents normalized with the model's scaling/shift/mean/std")
+    s.add_argument("--sample", action="store_true", help="sample the posterior (default: mean)")
+    s.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser("decode", help="decode a latent file into a video (streams)")
+    s.add_argument("latents")
+    _model_options(s, reads_video=False)
+    s.add_argument("--crf", type=int, default=10, help="H.264 quality (0 = lossless)")
+    s.set_defaults(func=cmd_decode)
+
+    s = sub.add_parser("reconstruct", help="encode + decode a video, with metrics")
+    s.add_argument("video")
+    _model_options(s, reads_video=True)
+    s.add_argument("--metrics", help="write per-frame and mean PSNR/SSIM to this JSON")
+    s.add_argument("--side-by-side", action="store_true",
+                   help="also write OUT_side_by_side.mp4 (input | reconstruction)")
+    s.add_argument("--crf", type=int, default=10, help="H.264 quality (0 = lossless)")
+    s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("train", help="train (run under `accelerate launch` for several GPUs)")
+    s.add_argument("--config", help="training YAML (see configs/train/)")
+    s.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. train.max_steps=100 optim.lr=2e-4")
+    s.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .utils import setup_cpu, setup_logging
+
+    setup_logging(args.verbose)
+    setup_cpu()
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("videovae: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, KeyError) as e:
+        if args.verbose:
+            logger.exception("failed")
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"videovae {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""YAML configs loaded into dataclasses, with `key=value` / `section.key=value` overrides.
+
+Model settings are the keyword arguments of `VideoVAE` (its signature holds their defaults);
+everything else is a dataclass whose fields hold theirs. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def load_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: bad value: {e}") from e
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def _check_type(name: str, value: Any, hint) -> Any:
+    """Loose type check/coercion for YAML values (int -> float, list -> tuple)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any or value is None and (type(None) in args or hint is type(None)):
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(name, value, a)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}={value!r} does not fit {hint}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_check_type(name, v, inner) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, name)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
+                                               not (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict | None, where: str = ""):
+    """Build dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where or cls.__name__}: {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(names))})")
+    kwargs = {k: _check_type(f"{where}.{k}" if where else k, v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_flat_dict(obj, prefix: str = "") -> dict:
+    """Flatten a (nested) dataclass/dict into `a.b` -> scalar (for TensorBoard hparams)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    out = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(to_flat_dict(v, key + "."))
+        elif isinstance(v, (bool, int, float, str)) or v is None:
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def check_model_kwargs(kwargs: dict, where: str = "model") -> dict:
+    """Reject keys that `VideoVAE` does not take."""
+    from .model import VideoVAE
+
+    params = inspect.signature(VideoVAE.__init__).parameters
+    unknown = sorted(k for k in kwargs if k not in params or k == "self")
+    if unknown:
+        raise ConfigError(f"unknown model key(s) in {where}: {', '.join(unknown)}")
+    return dict(kwargs)
