@@ -86,6 +86,12 @@ def cmd_train(args) -> None:
     print(f"wrote {final}")
 
 
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.output, steps=args.steps, long_frames=args.long_frames)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parser
 
@@ -155,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. train.max_steps=100 optim.lr=2e-4")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("demo", help="CPU-friendly end-to-end run on bundled photos")
+    s.add_argument("-o", "--output", default="videovae_demo", help="output folder")
+    s.add_argument("--steps", type=int, default=300, help="training steps")
+    s.add_argument("--long-frames", type=int, default=241, help="length of the long clip")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

@@ -80,6 +80,11 @@ def _check_type(name: str, value: Any, hint) -> Any:
         return from_dict(hint, value, name)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and
                                                not (hint is int and isinstance(value, bool))):
         raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")

@@ -247,21 +247,28 @@ def inflate_state_dict(video_vae, image_state: dict) -> None:
     video_vae.load_state_dict(new)
 
 
-def inflate_image_vae(path, arch: str = "cv", image_vae_type: str | None = None, **overrides):
-    """Build a `VideoVAE` from an image VAE; see the module docstring."""
+def inflate_from_model(image_vae: AutoencoderKL, arch: str = "cv", where: str = "the image VAE",
+                       **overrides):
+    """Build a `VideoVAE` from an in-memory diffusers `AutoencoderKL`."""
     from .model import VideoVAE
 
-    image_vae, family = load_image_vae(path, image_vae_type, overrides.get("norm_num_groups"))
     cfg = video_config_from_image(image_vae.config)
     for key, value in overrides.items():
         if key in ARCH_KEYS:
             have = cfg[key]
             if (list(value) if isinstance(value, (list, tuple)) else value) != have:
-                raise ImageVAEError(f"{key}={value} disagrees with the image VAE at {path}, "
-                                    f"which has {key}={have}")
+                raise ImageVAEError(f"{key}={value} disagrees with {where}, which has "
+                                    f"{key}={have}")
         cfg[key] = value
     video = VideoVAE(arch=arch, **cfg)
     inflate_state_dict(video, image_vae.state_dict())
+    return video
+
+
+def inflate_image_vae(path, arch: str = "cv", image_vae_type: str | None = None, **overrides):
+    """Build a `VideoVAE` from an image VAE checkpoint; see the module docstring."""
+    image_vae, family = load_image_vae(path, image_vae_type, overrides.get("norm_num_groups"))
+    video = inflate_from_model(image_vae, arch, f"the image VAE at {path}", **overrides)
     logger.info("inflated a %s image VAE (%s, %d latent channels) into arch %s", family, path,
-                cfg["latent_channels"], arch)
+                video.config.latent_channels, arch)
     return video

@@ -131,7 +131,7 @@ def decode_file(vae: VideoVAE, latent_path, out_path, *, crf: int = 10, progress
     with atomic_output(out_path, overwrite=overwrite) as tmp, \
             VideoWriter(tmp, meta["fps"], h, w, crf=crf) as writer, \
             _progress(n, "decode", progress) as bar:
-        for x in vae.stream_decode(z.split(1, dim=2)):
+        for x in vae.stream_decode(z.split(vae.decode_chunk_latents, dim=2)):
             frames = tensor_to_frames(x[:, :, : n - written, :h, :w])
             writer.write(frames)
             written += len(frames)

@@ -205,7 +205,8 @@ def _all_finite(accelerator, value: torch.Tensor) -> bool:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Run training; returns the folder of the final model (EMA weights when EMA is on)."""
+    """Run training; returns the folder of the final model (EMA weights when EMA is on), or the
+    checkpoint written when `train.stop_at` ends the run early."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from diffusers.training_utils import EMAModel
@@ -216,6 +217,9 @@ def train(cfg: TrainConfig) -> Path:
     run = cfg.train
     out = Path(run.output_dir)
     accelerator = Accelerator(
+        # without CUDA, run on the CPU (several processes use gloo: `accelerate launch
+        # --multi_gpu --num_processes N` or `torchrun`)
+        cpu=not torch.cuda.is_available(),
         mixed_precision=run.mixed_precision, log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
@@ -274,7 +278,8 @@ def train(cfg: TrainConfig) -> Path:
 
     bar = tqdm(total=run.max_steps, initial=state.step, desc="train",
                disable=not accelerator.is_local_main_process)
-    while state.step < run.max_steps:
+    stop = min(run.max_steps, run.stop_at or run.max_steps)
+    while state.step < stop:
         t0 = time.perf_counter()
         micro = [next(loader) for _ in range(run.grad_accum)]
         batches = [m["pixels"].to(device) for m in micro]
@@ -368,6 +373,14 @@ def train(cfg: TrainConfig) -> Path:
     bar.close()
 
     accelerator.wait_for_everyone()
+    if state.step < run.max_steps:  # stopped early: leave a checkpoint to resume from
+        ckpt = out / "checkpoints" / f"checkpoint-{state.step}"
+        if not ckpt.is_dir():
+            _save_checkpoint(accelerator, out, state.step, run.checkpoints_total_limit)
+        accelerator.end_training()
+        logger.info("stopped at step %d of %d; resume with train.resume_from=latest",
+                    state.step, run.max_steps)
+        return ckpt
     final = out / "final"
     if accelerator.is_main_process:
         _with_ema(ema, vae, lambda: (validate(vae, val_clips, out / "val", state.step,

@@ -31,7 +31,8 @@ class RunConfig:
     init_from_image_vae: str | None = None  # inflate this image VAE; kept frozen for reg losses
     image_vae_type: str | None = None  # sd | sdxl | sd3 | flux when the checkpoint does not say
     init_from_pretrained: str | None = None  # start from a VideoVAE folder instead
-    max_steps: int = 1000
+    max_steps: int = 1000  # length of the schedule
+    stop_at: int | None = None  # exit after this step with a checkpoint (time-limited jobs)
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16 (weights stay fp32)
     seed: int = 0

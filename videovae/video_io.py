@@ -45,27 +45,34 @@ class VideoReader:
         if self.path.is_dir():
             raise VideoReadError(f"{self.path} is a directory, not a video")
         if self.path.suffix.lower() in IMAGE_SUFFIXES:
-            self.backend = "image"
+            candidates = ["image"]
         elif backend == "auto":
-            self.backend = "decord" if _has_decord() else "pyav"
+            # decord fails on some files (and some frame sizes) that FFmpeg reads: fall back
+            candidates = ["decord", "pyav"] if _has_decord() else ["pyav"]
+        elif backend in ("decord", "pyav"):
+            candidates = [backend]
         else:
-            self.backend = backend
-        opener = {"image": self._open_image, "decord": self._open_decord,
-                  "pyav": self._open_pyav}.get(self.backend)
-        if opener is None:
             raise ValueError(f"unknown video backend {backend!r} (auto, decord, pyav)")
-        try:
-            opener()
-        except (VideoReadError, FileNotFoundError):
-            raise
-        except Exception as e:  # noqa: BLE001 - every decoder error means "not readable"
-            raise VideoReadError(f"cannot read {self.path} as a video: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
-                                 ) from e
+        for i, self.backend in enumerate(candidates):
+            try:
+                self._open()
+                break
+            except (VideoReadError, FileNotFoundError):
+                raise
+            except Exception as e:  # noqa: BLE001 - every decoder error means "not readable"
+                if i + 1 < len(candidates):
+                    logger.debug("%s cannot read %s (%s)", self.backend, self.path, e)
+                    continue
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+                raise VideoReadError(f"cannot read {self.path} as a video: {msg}") from e
         if self.num_frames == 0:
             raise VideoReadError(f"{self.path} has no frames")
 
     # ------------------------------------------------------------------ backends
+    def _open(self):
+        {"image": self._open_image, "decord": self._open_decord, "pyav": self._open_pyav}[
+            self.backend]()
+
     def _open_image(self):
         from PIL import Image
 
@@ -80,8 +87,8 @@ class VideoReader:
         self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
         self.num_frames = len(self._vr)
         self.fps = float(self._vr.get_avg_fps() or DEFAULT_FPS)
-        if self.num_frames:
-            self.height, self.width = self._vr[0].shape[:2]
+        if self.num_frames:  # decode one frame now, so a broken file fails here
+            self.height, self.width = self._vr.get_batch([0]).shape[1:3]
             self._vr.seek(0)
 
     def _open_pyav(self):

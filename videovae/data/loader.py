@@ -59,7 +59,9 @@ def build_sources(cfg: DataConfig, temporal_ratio: int = 4) -> list[ClipSource]:
 
 def make_loader(cfg: DataConfig, sources, seed: int, rank: int, start_step: int) -> DataLoader:
     """Batches for micro-steps start_step, start_step + 1, ... of this rank."""
+    # its own generator: creating the iterator must not consume the global RNG (exact resume)
     return DataLoader(StepBatches(sources, seed, rank), batch_size=None,
                       sampler=range(start_step, 2**62), num_workers=cfg.num_workers,
+                      generator=torch.Generator().manual_seed(seed),
                       persistent_workers=cfg.num_workers > 0,
                       prefetch_factor=2 if cfg.num_workers > 0 else None)
