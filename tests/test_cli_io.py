@@ -236,3 +236,38 @@ def test_bad_inputs_fail_cleanly(tmp_path, model_dir, clip, capsys, monkeypatch)
     assert out.read_bytes() == b"keep"
     assert cli(["decode", str(lat), *m, "-o", str(out), "--overwrite"]) == 0
     assert VideoReader(out).num_frames == 11
+
+
+def test_eval_and_latent_stats(tmp_path, model_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        write_clip(data / f"c{i}.mp4", pan_zoom_clip(load_photo("astronaut"), 9, (32, 32),
+                                                      speed=1.0 + i))
+    (data / "broken.mp4").write_text("not a video")
+    report_path = tmp_path / "report.json"
+    assert cli(["eval", "--model", str(model_dir), "--data", str(data), "-o", str(report_path),
+                "--no-progress"]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["files"] == 2 and report["frames"] == 18 and len(report["failed"]) == 1
+    assert 0 < report["psnr_mean"] < 100
+
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    assert cli(["latent-stats", "--model", str(model), "--data", str(data), "--clips", "4",
+                "--num-frames", "5", "--resolution", "32", "--write", "--shift",
+                "--no-progress", "-o", str(tmp_path / "stats.json")]) == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    from videovae import VideoVAE
+
+    vae = VideoVAE.from_pretrained(model)
+    assert vae.config.scaling_factor == pytest.approx(1 / stats["std"])
+    assert vae.config.shift_factor == pytest.approx(stats["mean"])
+    # the measured constants give unit-variance normalized latents on that data
+    from videovae.latent_file import normalize_latents
+
+    clip = frames_to_tensor(VideoReader(data / "c0.mp4").read_all()[:5])
+    z = normalize_latents(vae.encode(clip).latent_dist.mode().detach(), vae.config)
+    assert 0.5 < z.std().item() < 2.0

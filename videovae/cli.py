@@ -78,6 +78,40 @@ def cmd_reconstruct(args) -> None:
           f", SSIM {report['ssim_mean']:.4f}")
 
 
+def cmd_eval(args) -> None:
+    from .pipeline import evaluate_files
+
+    report = evaluate_files(_load(args), args.data, args.output, chunk_frames=args.chunk_frames,
+                            max_files=args.max_files, progress=not args.no_progress,
+                            overwrite=args.overwrite)
+    print(f"{report['files']} files, {report['frames']} frames: PSNR {report['psnr_mean']:.2f} "
+          f"dB, SSIM {report['ssim_mean']:.4f}" + (f"; wrote {args.output}" if args.output else ""))
+
+
+def cmd_latent_stats(args) -> None:
+    import json
+
+    from .latent_stats import config_updates, measure_latent_stats
+    from .pipeline import load_model
+    from .utils import atomic_output, pick_device
+
+    vae = load_model(args.model, pick_device(args.device))
+    stats = measure_latent_stats(vae, args.data, num_clips=args.clips,
+                                 num_frames=args.num_frames, resolution=args.resolution,
+                                 kind=args.kind, progress=not args.no_progress)
+    updates = config_updates(stats, per_channel=args.per_channel, with_shift=args.shift)
+    stats["config_updates"] = updates
+    print(json.dumps(updates))
+    if args.output:
+        with atomic_output(args.output, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(stats, indent=2))
+    if args.write:
+        vae.register_to_config(**updates)
+        with atomic_output(args.model, is_dir=True, overwrite=True) as tmp:
+            vae.save_pretrained(tmp)
+        print(f"updated {args.model}/config.json")
+
+
 def cmd_train(args) -> None:
     from .train import train
     from .train_config import load_train_config
@@ -96,9 +130,12 @@ def cmd_demo(args) -> None:
 # Parser
 
 
-def _model_options(s, reads_video: bool) -> None:
+def _model_options(s, reads_video: bool, output_help: str | None = None) -> None:
     s.add_argument("--model", required=True, help="VideoVAE folder (config.json + weights)")
-    s.add_argument("-o", "--output", required=True)
+    if output_help:  # optional output
+        s.add_argument("-o", "--output", default=None, help=output_help)
+    else:
+        s.add_argument("-o", "--output", required=True)
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     s.add_argument("--chunk-frames", type=int, default=16,
@@ -155,6 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUT_side_by_side.mp4 (input | reconstruction)")
     s.add_argument("--crf", type=int, default=10, help="H.264 quality (0 = lossless)")
     s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("eval", help="mean PSNR/SSIM of reconstructions over a data set")
+    s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest of videos")
+    _model_options(s, reads_video=False, output_help="write the report JSON here")
+    s.add_argument("--max-files", type=int, default=None)
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("latent-stats", help="measure latent scaling statistics over a data set")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest")
+    s.add_argument("--kind", default="video", choices=["video", "image"])
+    s.add_argument("--clips", type=int, default=64)
+    s.add_argument("--num-frames", type=int, default=17)
+    s.add_argument("--resolution", type=int, default=256)
+    s.add_argument("--per-channel", action="store_true",
+                   help="latents_mean/latents_std per channel (else one scaling_factor)")
+    s.add_argument("--shift", action="store_true", help="also set shift_factor (SD3/FLUX style)")
+    s.add_argument("--write", action="store_true", help="write the result into the model config")
+    s.add_argument("-o", "--output", help="write all statistics to this JSON")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_latent_stats)
 
     s = sub.add_parser("train", help="train (run under `accelerate launch` for several GPUs)")
     s.add_argument("--config", help="training YAML (see configs/train/)")

@@ -213,6 +213,13 @@ class VideoVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.post_quant_conv = (TemporalConv3d(latent_channels, latent_channels, 1)
                                 if use_post_quant_conv else None)
 
+        # Start nearly deterministic: with the default init the posterior std is ~1 while the
+        # latent means are ~0.2, so a from-scratch decoder would see mostly noise. Loaded or
+        # inflated weights replace this.
+        moments = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
+        with torch.no_grad():
+            moments.bias[latent_channels:].fill_(-8.0)
+
         # memory knobs (not part of the config): chunk lengths of the internal streaming,
         # spatial tiles, and temporal tiles for non-causal decoders
         self.encode_chunk_frames = 16 * t_ratio
@@ -392,8 +399,7 @@ class VideoVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     @apply_forward_hook
-    def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True,
-               **_unused):
+    def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True):
         """Decode (B, Z, T', h, w) into 1 + r*(T'-1) frames, trimmed to `num_frames` if given."""
         self._check_latent(z)
         r = self.temporal_compression_ratio

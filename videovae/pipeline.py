@@ -156,12 +156,14 @@ def reconstruct_file(vae: VideoVAE, video_path, out_path, *, metrics_path=None,
                      side_by_side: bool = False, chunk_frames: int = 16, crf: int = 10,
                      backend: str = "auto", progress: bool = True,
                      overwrite: bool = False) -> dict:
-    """Encode and decode a video in one streamed pass; write the reconstruction, and optionally
-    per-frame PSNR/SSIM (JSON) and a side-by-side video (input | reconstruction)."""
+    """Encode and decode a video in one streamed pass; write the reconstruction (unless
+    `out_path` is None), and optionally per-frame PSNR/SSIM (JSON) and a side-by-side video
+    (input | reconstruction)."""
     reader = VideoReader(video_path, backend)
     h, w = reader.height, reader.width
-    out_path = Path(out_path)
-    sbs_path = out_path.with_name(f"{out_path.stem}_side_by_side{out_path.suffix}")
+    out_path = Path(out_path) if out_path is not None else None
+    sbs_path = (out_path.with_name(f"{out_path.stem}_side_by_side{out_path.suffix}")
+                if out_path is not None else None)
     originals: deque[np.ndarray] = deque()  # read but not yet compared frames
     psnrs, ssims = [], []
 
@@ -176,12 +178,13 @@ def reconstruct_file(vae: VideoVAE, video_path, out_path, *, metrics_path=None,
         return np.concatenate(got) if got else None
 
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(atomic_output(out_path, overwrite=overwrite))
-        writer = stack.enter_context(VideoWriter(tmp, reader.fps, h, w, crf=crf))
-        sbs = None
-        if side_by_side:
-            sbs_tmp = stack.enter_context(atomic_output(sbs_path, overwrite=overwrite))
-            sbs = stack.enter_context(VideoWriter(sbs_tmp, reader.fps, h, 2 * w, crf=crf))
+        writer = sbs = None
+        if out_path is not None:
+            tmp = stack.enter_context(atomic_output(out_path, overwrite=overwrite))
+            writer = stack.enter_context(VideoWriter(tmp, reader.fps, h, w, crf=crf))
+            if side_by_side:
+                sbs_tmp = stack.enter_context(atomic_output(sbs_path, overwrite=overwrite))
+                sbs = stack.enter_context(VideoWriter(sbs_tmp, reader.fps, h, 2 * w, crf=crf))
         metrics_tmp = (stack.enter_context(atomic_output(metrics_path, overwrite=overwrite))
                        if metrics_path else None)
         bar = stack.enter_context(_progress(reader.num_frames, "reconstruct", progress))
@@ -192,7 +195,8 @@ def reconstruct_file(vae: VideoVAE, video_path, out_path, *, metrics_path=None,
             if orig is None:  # frames decoded from the padding of the last group
                 break
             rec = rec[: len(orig)]
-            writer.write(rec)
+            if writer is not None:
+                writer.write(rec)
             if sbs is not None:
                 sbs.write(np.concatenate([orig, rec], axis=2))
             a, b = frames_to_tensor(orig), frames_to_tensor(rec)
@@ -210,4 +214,36 @@ def reconstruct_file(vae: VideoVAE, video_path, out_path, *, metrics_path=None,
             metrics_tmp.write_text(json.dumps(report, indent=2))
     logger.info("reconstructed %d frames: PSNR %.2f dB, SSIM %.4f", len(psnrs),
                 report["psnr_mean"], report["ssim_mean"])
+    return report
+
+
+def evaluate_files(vae: VideoVAE, data_path, out_path=None, *, chunk_frames: int = 16,
+                   max_files: int | None = None, progress: bool = True,
+                   overwrite: bool = False) -> dict:
+    """Mean PSNR/SSIM of streamed reconstructions over every video/image under `data_path`
+    (a folder or a CSV/JSONL manifest). Unreadable files are listed, not fatal."""
+    from .data.datasets import VIDEO_SUFFIXES, list_files
+    from .video_io import IMAGE_SUFFIXES
+
+    files = list_files(data_path, VIDEO_SUFFIXES | IMAGE_SUFFIXES)[:max_files]
+    per_file, failed = [], []
+    for path in tqdm(files, desc="eval", unit="file", disable=not progress):
+        try:
+            r = reconstruct_file(vae, path, None, chunk_frames=chunk_frames, progress=False)
+        except (ValueError, OSError) as e:
+            failed.append({"file": str(path), "error": str(e).splitlines()[0]})
+            logger.warning("skipping %s: %s", path, failed[-1]["error"])
+            continue
+        per_file.append({"file": str(path), "frames": r["num_frames"], "psnr": r["psnr_mean"],
+                         "ssim": r["ssim_mean"]})
+    if not per_file:
+        raise ValueError(f"no readable videos in {data_path}")
+    frames = sum(f["frames"] for f in per_file)
+    report = {"data": str(data_path), "files": len(per_file), "frames": frames,
+              "psnr_mean": sum(f["psnr"] * f["frames"] for f in per_file) / frames,
+              "ssim_mean": sum(f["ssim"] * f["frames"] for f in per_file) / frames,
+              "per_file": per_file, "failed": failed}
+    if out_path is not None:
+        with atomic_output(out_path, overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     return report

@@ -82,12 +82,11 @@ def build_models(cfg: TrainConfig):
     run = cfg.train
     image_vae = None
     if run.init_from_image_vae:
-        from .image_vae import inflate_image_vae, load_image_vae
+        from .image_vae import inflate_from_model, load_image_vae
 
-        vae = inflate_image_vae(run.init_from_image_vae, image_vae_type=run.image_vae_type,
-                                **cfg.model)
         image_vae, _ = load_image_vae(run.init_from_image_vae, run.image_vae_type,
                                       cfg.model.get("norm_num_groups"))
+        vae = inflate_from_model(image_vae, where=run.init_from_image_vae, **cfg.model)
     elif run.init_from_pretrained:
         vae = VideoVAE.from_pretrained(run.init_from_pretrained, **cfg.model)
     else:
