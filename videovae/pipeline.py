@@ -24,7 +24,7 @@ from .latent_file import (check_compatible, denormalize_latents, load_latents, n
                           save_latents)
 from .metrics import psnr_per_frame, ssim_per_frame
 from .model import VideoVAE
-from .utils import atomic_output
+from .utils import atomic_output, release_memory
 from .video_io import VideoReader, VideoWriter, frames_to_tensor, tensor_to_frames
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def _pixel_chunks(vae, reader, chunk, on_chunk=None):
     r = vae.spatial_compression_ratio
     param = next(vae.parameters())
     for frames in reader.iter_chunks(chunk):
+        release_memory()  # once per chunk: keeps RSS flat over thousands of frames
         if on_chunk is not None:
             on_chunk(frames)
         x = frames_to_tensor(frames, param.device, param.dtype)
@@ -132,6 +133,7 @@ def decode_file(vae: VideoVAE, latent_path, out_path, *, crf: int = 10, progress
             VideoWriter(tmp, meta["fps"], h, w, crf=crf) as writer, \
             _progress(n, "decode", progress) as bar:
         for x in vae.stream_decode(z.split(vae.decode_chunk_latents, dim=2)):
+            release_memory()
             frames = tensor_to_frames(x[:, :, : n - written, :h, :w])
             writer.write(frames)
             written += len(frames)
