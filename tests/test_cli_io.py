@@ -155,6 +155,16 @@ def test_reconstruct_metrics_side_by_side_and_odd_sizes(tmp_path, model_dir):
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["num_frames"] == 6 and len(m["psnr_per_frame"]) == 6 and len(m["ssim_per_frame"]) == 6
     assert 0 < m["psnr_mean"] < 100 and -1 <= m["ssim_mean"] <= 1
+    # encode + decode restore the odd size through the latent file's metadata
+    lat = tmp_path / "odd.safetensors"
+    assert cli(["encode", str(tmp_path / "odd.mp4"), "--model", str(model_dir), "-o", str(lat),
+                "--no-progress"]) == 0
+    z, meta = load_latents(lat)
+    assert z.shape[-2:] == (5, 7) and (meta["padded_height"], meta["padded_width"]) == (4, 4)
+    assert cli(["decode", str(lat), "--model", str(model_dir), "-o", str(tmp_path / "d.mp4"),
+                "--no-progress"]) == 0
+    d = VideoReader(tmp_path / "d.mp4")
+    assert (d.num_frames, d.height, d.width) == (6, 36, 52)
 
 
 @pytest.mark.parametrize("kind", ["image", "one_frame"])
