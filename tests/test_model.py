@@ -88,6 +88,8 @@ def test_every_frame_count_and_odd_size_round_trips():
         assert dec.shape[2] == t
     with pytest.raises(ValueError, match="num_frames=3 does not fit 3 latent"):
         vae.decode(torch.zeros(1, 4, 3, 2, 2), num_frames=3)
+    with pytest.raises(ValueError, match="num_frames=0 does not fit 1 latent"):
+        vae.decode(torch.zeros(1, 4, 1, 2, 2), num_frames=0)
 
 
 @torch.no_grad()

@@ -143,3 +143,19 @@ def test_non_causal_decoder_uses_temporal_tiles():
     assert (tiled - full).abs().mean() < (full.abs().mean())
     with pytest.raises(RuntimeError, match="cannot stream"):
         vae.decoder(z, state=StreamState())
+
+
+@torch.no_grad()
+def test_strided_causal_conv_streams_frame_by_frame():
+    """At layer level any chunking works, including chunks too short to emit an output."""
+    from videovae.layers import TemporalConv3d
+
+    torch.manual_seed(0)
+    conv = TemporalConv3d(3, 5, 3, stride=(2, 2, 2), spatial_padding=(1, 1))
+    x = torch.randn(1, 3, 11, 8, 8)
+    full = conv(x)
+    state = StreamState()
+    outs = [conv(x[:, :, i:i + 1], state) for i in range(11)]
+    assert [o.shape[2] for o in outs] == [1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]
+    assert all(o.shape[1:2] + o.shape[3:] == full.shape[1:2] + full.shape[3:] for o in outs)
+    assert (torch.cat(outs, dim=2) - full).abs().max() <= TOL

@@ -404,7 +404,7 @@ class VideoVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         self._check_latent(z)
         r = self.temporal_compression_ratio
         full = 1 + r * (z.shape[2] - 1)
-        if num_frames is not None and not (full - r < num_frames <= full or num_frames == full):
+        if num_frames is not None and not max(full - r, 0) < num_frames <= full:
             raise ValueError(f"num_frames={num_frames} does not fit {z.shape[2]} latent frames "
                              f"(they decode to {max(full - r + 1, 1)}..{full} frames)")
         if self.use_slicing and z.shape[0] > 1:

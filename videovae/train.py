@@ -312,10 +312,12 @@ def train(cfg: TrainConfig) -> Path:
         if ok:
             if o.grad_clip > 0:
                 grad_norm = float(accelerator.clip_grad_norm_(params_g, o.grad_clip))
-            ok = math.isfinite(grad_norm) or o.grad_clip <= 0
-        if ok:
-            opt_g.step()
-            sched_g.step()
+            grads_ok = math.isfinite(grad_norm) or o.grad_clip <= 0
+            if grads_ok or accelerator.scaler is not None:
+                opt_g.step()  # with fp16 the scaler skips inf gradients and lowers its scale
+            if grads_ok:
+                sched_g.step()
+            ok = grads_ok
         opt_g.zero_grad(set_to_none=True)
 
         # ---- discriminator
