@@ -316,3 +316,13 @@ def test_two_process_accelerate_launch(tmp_path):
     assert len(m) == 3 and all(np.isfinite(r["train/loss"]) for r in m)  # main process only
     assert m[-1]["train/skipped_samples"] >= 0
     VideoVAE.from_pretrained(out / "final")
+
+
+def test_train_cli_bad_config_is_one_line(tmp_path, capsys):
+    from videovae.cli import main as cli
+
+    assert cli(["train", "--config", str(tmp_path / "missing.yaml")]) != 0
+    assert cli(["train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
+                "optim.lr=fast"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "not found" in err[0] and "optim.lr" in err[1]
