@@ -123,7 +123,8 @@ def cmd_train(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(args.output, steps=args.steps, long_frames=args.long_frames)
+    run_demo(args.output, image_steps=args.image_steps, video_steps=args.video_steps,
+             long_frames=args.long_frames)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="CPU-friendly end-to-end run on bundled photos")
     s.add_argument("-o", "--output", default="videovae_demo", help="output folder")
-    s.add_argument("--steps", type=int, default=300, help="training steps")
+    s.add_argument("--image-steps", type=int, default=300, help="image VAE training steps")
+    s.add_argument("--video-steps", type=int, default=60, help="video fine-tuning steps")
     s.add_argument("--long-frames", type=int, default=241, help="length of the long clip")
     s.set_defaults(func=cmd_demo)
     return p
