@@ -12,7 +12,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from conftest import random_video, tiny_vae
+from conftest import random_video
 from videovae import VideoVAE
 from videovae.data import ClipSource, SourceConfig, StepBatches
 from videovae.distributions import DiagonalGaussianDistribution
