@@ -41,16 +41,19 @@ def pad_frames(x: torch.Tensor, ratio: int) -> torch.Tensor:
     return torch.cat([x, x[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2)
 
 
+def pad_size(x: torch.Tensor, ratio: int) -> torch.Tensor:
+    """Replicate the bottom row and right column until H and W are multiples of `ratio`."""
+    ph, pw = -x.shape[3] % ratio, -x.shape[4] % ratio
+    if not (ph or pw):
+        return x
+    b, c, t, h, w = x.shape
+    x = F.pad(x.reshape(b, c * t, h, w), (0, pw, 0, ph), mode="replicate")
+    return x.reshape(b, c, t, h + ph, w + pw)
+
+
 def pad_video(x: torch.Tensor, temporal_ratio: int, spatial_ratio: int) -> torch.Tensor:
     """Pad frames (repeat the last) to 1 + r*k and H, W (replicate bottom/right) to multiples."""
-    x = pad_frames(x, temporal_ratio)
-    ph = -x.shape[3] % spatial_ratio
-    pw = -x.shape[4] % spatial_ratio
-    if ph or pw:
-        b, c, t, h, w = x.shape
-        x = F.pad(x.reshape(b, c * t, h, w), (0, pw, 0, ph), mode="replicate")
-        x = x.reshape(b, c, t, h + ph, w + pw)
-    return x
+    return pad_size(pad_frames(x, temporal_ratio), spatial_ratio)
 
 
 # ----------------------------------------------------------------------------------------------

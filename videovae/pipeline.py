@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .latent_file import (check_compatible, denormalize_latents, load_latents, normalize_latents,
                           save_latents)
 from .metrics import psnr_per_frame, ssim_per_frame
-from .model import VideoVAE
+from .model import VideoVAE, pad_size
 from .utils import atomic_output, release_memory
 from .video_io import VideoReader, VideoWriter, frames_to_tensor, tensor_to_frames
 
@@ -58,13 +57,7 @@ def _pixel_chunks(vae, reader, chunk, on_chunk=None):
         release_memory()  # once per chunk: keeps RSS flat over thousands of frames
         if on_chunk is not None:
             on_chunk(frames)
-        x = frames_to_tensor(frames, param.device, param.dtype)
-        ph, pw = -x.shape[3] % r, -x.shape[4] % r
-        if ph or pw:
-            b, c, t, h, w = x.shape
-            x = F.pad(x.reshape(b, c * t, h, w), (0, pw, 0, ph), mode="replicate").reshape(
-                b, c, t, h + ph, w + pw)
-        yield x
+        yield pad_size(frames_to_tensor(frames, param.device, param.dtype), r)
 
 
 def _progress(total, desc, enabled):
