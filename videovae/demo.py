@@ -47,12 +47,12 @@ def train_image_vae(steps: int, batch: int = 16, seed: int = 0):
     from diffusers import AutoencoderKL
 
     from .data.datasets import ClipSource, SourceConfig
+    from .model import init_posterior_logvar
     from .train import lr_lambda
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(**IMAGE_VAE)
-    with torch.no_grad():  # start nearly deterministic (see VideoVAE.__init__)
-        vae.quant_conv.bias[IMAGE_VAE["latent_channels"]:].fill_(-8.0)
+    init_posterior_logvar(vae.quant_conv, IMAGE_VAE["latent_channels"])
     src = ClipSource(SourceConfig(type="synthetic", num_frames=1, resolution=64))
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(20, steps, 0.05))
@@ -73,16 +73,11 @@ def train_image_vae(steps: int, batch: int = 16, seed: int = 0):
     return vae.eval().requires_grad_(False), losses
 
 
-def _psnr_ssim(x, rec):
-    from .metrics import psnr_per_frame, ssim_per_frame
-
-    rec = rec.clamp(-1, 1)
-    return psnr_per_frame(x, rec).mean().item(), ssim_per_frame(x, rec).mean().item()
-
-
 @torch.no_grad()
 def _compare_on_clip(x, image_vae, inflated, tuned) -> dict:
     """Held-out clip x (1, 3, T, H, W): image VAE per frame, inflated and fine-tuned video VAE."""
+    from .metrics import mean_psnr_ssim
+
     frames = x[0].transpose(0, 1)
     per_frame = image_vae(frames).sample.transpose(0, 1)[None]
     low = F.interpolate(frames, scale_factor=1 / 8, mode="area")
@@ -91,7 +86,7 @@ def _compare_on_clip(x, image_vae, inflated, tuned) -> dict:
     out = {}
     for name, rec in (("image_vae_per_frame", per_frame), ("video_vae_inflated", inflated(x).sample),
                       ("video_vae_fine_tuned", tuned(x).sample), ("bicubic_down_up_8x", bicubic)):
-        psnr, ssim = _psnr_ssim(x, rec)
+        psnr, ssim = mean_psnr_ssim(x, rec)
         out[name] = {"psnr": psnr, "ssim": ssim}
     return out
 

@@ -34,3 +34,9 @@ def ssim_per_frame(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     s = ((2 * mu_a * mu_r + c1) * (2 * sar + c2)) / ((mu_a.pow(2) + mu_r.pow(2) + c1) *
                                                      (saa + srr + c2))
     return s.mean(dim=(1, 2, 3)).view(b, t, c).mean(dim=2)
+
+
+def mean_psnr_ssim(x: torch.Tensor, rec: torch.Tensor) -> tuple[float, float]:
+    """Mean PSNR and SSIM over every frame, with `rec` clamped to [-1, 1]."""
+    rec = rec.clamp(-1, 1)
+    return psnr_per_frame(x, rec).mean().item(), ssim_per_frame(x, rec).mean().item()

@@ -56,6 +56,14 @@ def pad_video(x: torch.Tensor, temporal_ratio: int, spatial_ratio: int) -> torch
     return pad_size(pad_frames(x, temporal_ratio), spatial_ratio)
 
 
+def init_posterior_logvar(moments_conv: nn.Module, latent_channels: int,
+                          logvar: float = -8.0) -> None:
+    """Start a from-scratch posterior nearly deterministic: with the default init its std is ~1
+    while the latent means are ~0.2, so the decoder would see mostly noise."""
+    with torch.no_grad():
+        moments_conv.bias[latent_channels:].fill_(logvar)
+
+
 # ----------------------------------------------------------------------------------------------
 # Encoder and decoder
 
@@ -216,12 +224,10 @@ class VideoVAE(ModelMixin, AutoencoderMixin, ConfigMixin):
         self.post_quant_conv = (TemporalConv3d(latent_channels, latent_channels, 1)
                                 if use_post_quant_conv else None)
 
-        # Start nearly deterministic: with the default init the posterior std is ~1 while the
-        # latent means are ~0.2, so a from-scratch decoder would see mostly noise. Loaded or
-        # inflated weights replace this.
-        moments = self.quant_conv if self.quant_conv is not None else self.encoder.conv_out
-        with torch.no_grad():
-            moments.bias[latent_channels:].fill_(-8.0)
+        # loaded or inflated weights replace this init
+        init_posterior_logvar(
+            self.quant_conv if self.quant_conv is not None else self.encoder.conv_out,
+            latent_channels)
 
         # memory knobs (not part of the config): chunk lengths of the internal streaming,
         # spatial tiles, and temporal tiles for non-causal decoders

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .data import build_sources, list_files, make_loader
 from .distributions import DiagonalGaussianDistribution
 from .losses import VAELoss
-from .metrics import psnr_per_frame, ssim_per_frame
+from .metrics import mean_psnr_ssim
 from .model import VideoVAE
 from .train_config import TrainConfig
 from .utils import setup_cpu
@@ -143,8 +143,9 @@ def validate(vae: VideoVAE, clips, out_dir: Path, step: int, accelerator) -> dic
     for x in clips:
         x = x.to(device)
         rec = vae(x).sample.clamp(-1, 1)
-        psnrs.append(psnr_per_frame(x, rec).mean().item())
-        ssims.append(ssim_per_frame(x, rec).mean().item())
+        psnr, ssim = mean_psnr_ssim(x, rec)
+        psnrs.append(psnr)
+        ssims.append(ssim)
         rows.append(torch.cat([x, rec], dim=4))
     vae.train(was_training)
     n = min(r.shape[2] for r in rows)
