@@ -1,42 +1,61 @@
-"""Shared fixtures: tiny seeded models and image VAEs with the real SD layouts (random weights)."""
+"""Shared fixtures. Helpers live in helpers.py (this folder is put on sys.path for them)."""
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
 
-from videovae import VideoVAE
+sys.path.insert(0, str(Path(__file__).parent))
 
-torch.set_flush_denormal(True)
+from helpers import SD3_CONFIG, SD_CONFIG, tiny_vae  # noqa: E402
+from videovae.data.synthetic import load_photo, pan_zoom_clip  # noqa: E402
+from videovae.io.video import write_video  # noqa: E402
+from videovae.runtime import setup_cpu  # noqa: E402
 
-TINY = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
-            latent_channels=4)
-
-# The real SD 1.x/2.x VAE config, and SD3's 16-channel one (diffusers config.json of each).
-SD_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
-                 block_out_channels=[128, 256, 512, 512], norm_num_groups=32, sample_size=512,
-                 down_block_types=["DownEncoderBlock2D"] * 4,
-                 up_block_types=["UpDecoderBlock2D"] * 4, scaling_factor=0.18215)
-SD3_CONFIG = dict(SD_CONFIG, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
-                  use_quant_conv=False, use_post_quant_conv=False, sample_size=1024)
-
-
-def tiny_vae(seed=0, **kw) -> VideoVAE:
-    torch.manual_seed(seed)
-    return VideoVAE(**{**TINY, **kw}).eval()
-
-
-def random_video(b=1, t=9, h=32, w=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
+setup_cpu()
 
 
 @pytest.fixture(scope="session")
 def sd_vae():
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(1234)
     return AutoencoderKL(**SD_CONFIG).eval()
 
 
 @pytest.fixture(scope="session")
 def sd3_vae():
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(4321)
     return AutoencoderKL(**SD3_CONFIG).eval()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; reset them after a test that trains."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny seeded `cv` model folder."""
+    d = tmp_path_factory.mktemp("model")
+    tiny_vae(seed=5).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """An 11-frame 40x56 photo pan at 12.5 fps: (path, uint8 frames)."""
+    d = tmp_path_factory.mktemp("clips")
+    frames = pan_zoom_clip(load_photo("astronaut"), 11, (40, 56), speed=2.0)
+    path = d / "pan.mp4"
+    write_video(path, frames, fps=12.5)
+    return path, frames

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from videovae.cli import main as cli
 
 
+@pytest.mark.slow
 def test_demo_smoke(tmp_path):
     out = tmp_path / "demo"
     assert cli(["demo", "-o", str(out), "--image-steps", "3", "--video-steps", "2",

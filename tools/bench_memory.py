@@ -45,7 +45,8 @@ def main():
     import torch
 
     from videovae import VideoVAE
-    from videovae.synthetic import load_photo, pan_zoom_clip, write_clip
+    from videovae.data.synthetic import load_photo, pan_zoom_clip
+    from videovae.io.video import write_video
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_memory_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def main():
     for n in (args.short, args.long):
         clip = work / f"clip_{n}.mp4"
         if not clip.exists():
-            write_clip(clip, pan_zoom_clip(photo, n, (args.size, args.size), speed=1.0,
+            write_video(clip, pan_zoom_clip(photo, n, (args.size, args.size), speed=1.0,
                                            zoom=0.0005), fps=24)
         cmd = [sys.executable, "-m", "videovae", "reconstruct", str(clip), "--model", str(model),
                "-o", str(work / f"rec_{n}.mp4"), "--chunk-frames", str(args.chunk_frames),

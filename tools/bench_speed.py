@@ -26,18 +26,13 @@ def build(name: str, cfg: dict):
     from diffusers import AutoencoderKL, AutoencoderKLWan
 
     from videovae import VideoVAE
+    from videovae.convert import sd_vae_config
 
     torch.manual_seed(0)
     if name == "videovae":
         return VideoVAE(**cfg)
     if name == "image_vae_per_frame":
-        n = len(cfg["block_out_channels"])
-        return AutoencoderKL(block_out_channels=cfg["block_out_channels"],
-                             layers_per_block=cfg["layers_per_block"],
-                             latent_channels=cfg["latent_channels"],
-                             norm_num_groups=cfg["norm_num_groups"],
-                             down_block_types=["DownEncoderBlock2D"] * n,
-                             up_block_types=["UpDecoderBlock2D"] * n)
+        return AutoencoderKL(**sd_vae_config(**cfg))
     if name == "wan":
         return AutoencoderKLWan()
     raise ValueError(name)
@@ -46,7 +41,9 @@ def build(name: str, cfg: dict):
 def worker(args) -> dict:
     import torch
 
-    torch.set_flush_denormal(True)
+    from videovae.runtime import setup_cpu
+
+    setup_cpu()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]

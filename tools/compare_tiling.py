@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from videovae import load_model
+from videovae.data.synthetic import load_photo, pan_zoom_clip
+from videovae.io.video import frames_to_tensor, tensor_to_frames
 from videovae.metrics import psnr_per_frame
-from videovae.pipeline import load_model
-from videovae.synthetic import load_photo, pan_zoom_clip
-from videovae.video_io import frames_to_tensor, tensor_to_frames
+from videovae.runtime import setup_cpu
 
 
 def main():
@@ -31,7 +32,7 @@ def main():
     p.add_argument("--overlap", type=int, default=32)
     p.add_argument("-o", "--output", default="compare_tiling")
     args = p.parse_args()
-    torch.set_flush_denormal(True)
+    setup_cpu()
 
     vae = load_model(args.model)
     clip = pan_zoom_clip(load_photo(args.photo), args.frames, tuple(args.size), speed=2.0,

@@ -16,50 +16,52 @@ logger = logging.getLogger("videovae")
 
 
 def cmd_inflate(args) -> None:
-    from .config import apply_overrides, check_model_kwargs, load_yaml
-    from .model import VideoVAE
-    from .utils import atomic_output
+    from .config import apply_overrides, load_yaml
+    from .convert import inflate_image_vae
+    from .io.atomic import atomic_output
+    from .training.config import split_model_config
 
     overrides = {}
     if args.config:
         data = load_yaml(args.config)
         overrides = data.get("model", data)
     apply_overrides(overrides, args.overrides)
-    check_model_kwargs(overrides, args.config or "overrides")
-    if args.image_vae_type:
-        overrides["image_vae_type"] = args.image_vae_type
+    arch, overrides = split_model_config({**overrides, "arch": args.arch},
+                                         args.config or "overrides")
     with atomic_output(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
-        vae = VideoVAE.from_image_vae(args.image_vae, arch=args.arch, **overrides)
+        vae = inflate_image_vae(args.image_vae, arch=arch, image_vae_type=args.image_vae_type,
+                                **overrides)
         vae.save_pretrained(tmp)
     n = sum(p.numel() for p in vae.parameters())
-    print(f"wrote {args.output}: {n / 1e6:.1f}M parameters, latent_channels="
+    print(f"wrote {args.output}: arch {arch}, {n / 1e6:.1f}M parameters, latent_channels="
           f"{vae.config.latent_channels}, compression {vae.temporal_compression_ratio}x"
           f"{vae.spatial_compression_ratio}x{vae.spatial_compression_ratio}, "
           f"scaling_factor={vae.config.scaling_factor}, shift_factor={vae.config.shift_factor}")
 
 
 def _load(args):
-    from .pipeline import configure, load_model
-    from .utils import pick_device, pick_dtype
+    from .files import configure
+    from .models.registry import load_model
+    from .runtime import pick_device, pick_dtype
 
     vae = load_model(args.model, pick_device(args.device), pick_dtype(args.dtype))
-    configure(vae, chunk_frames=args.chunk_frames, decode_chunk=args.decode_chunk,
-              tile=args.tile, tile_overlap=args.tile_overlap)
+    configure(vae, chunk_frames=getattr(args, "chunk_frames", None),
+              decode_chunk=args.decode_chunk, tile=args.tile, tile_overlap=args.tile_overlap)
     return vae
 
 
 def cmd_encode(args) -> None:
-    from .pipeline import encode_file
+    from .files import encode_file
 
-    info = encode_file(_load(args), args.video, args.output, chunk_frames=args.chunk_frames,
-                       normalize=args.normalize, sample=args.sample, backend=args.backend,
+    info = encode_file(_load(args), args.video, args.output, normalize=args.normalize,
+                       sample=args.sample, backend=args.backend,
                        progress=not args.no_progress, overwrite=args.overwrite)
     print(f"wrote {args.output}: {info['num_frames']} frames -> latents "
           f"{tuple(info['latent_shape'])}")
 
 
 def cmd_decode(args) -> None:
-    from .pipeline import decode_file
+    from .files import decode_file
 
     info = decode_file(_load(args), args.latents, args.output, crf=args.crf,
                        progress=not args.no_progress, overwrite=args.overwrite)
@@ -68,21 +70,20 @@ def cmd_decode(args) -> None:
 
 
 def cmd_reconstruct(args) -> None:
-    from .pipeline import reconstruct_file
+    from .files import reconstruct_file
 
     report = reconstruct_file(_load(args), args.video, args.output, metrics_path=args.metrics,
-                              side_by_side=args.side_by_side, chunk_frames=args.chunk_frames,
-                              crf=args.crf, backend=args.backend,
+                              side_by_side=args.side_by_side, crf=args.crf, backend=args.backend,
                               progress=not args.no_progress, overwrite=args.overwrite)
     print(f"wrote {args.output}: {report['num_frames']} frames, PSNR {report['psnr_mean']:.2f} dB"
           f", SSIM {report['ssim_mean']:.4f}")
 
 
 def cmd_eval(args) -> None:
-    from .pipeline import evaluate_files
+    from .files import evaluate_files
 
-    report = evaluate_files(_load(args), args.data, args.output, chunk_frames=args.chunk_frames,
-                            max_files=args.max_files, progress=not args.no_progress,
+    report = evaluate_files(_load(args), args.data, args.output, max_files=args.max_files,
+                            backend=args.backend, progress=not args.no_progress,
                             overwrite=args.overwrite)
     print(f"{report['files']} files, {report['frames']} frames: PSNR {report['psnr_mean']:.2f} "
           f"dB, SSIM {report['ssim_mean']:.4f}" + (f"; wrote {args.output}" if args.output else ""))
@@ -91,9 +92,10 @@ def cmd_eval(args) -> None:
 def cmd_latent_stats(args) -> None:
     import json
 
-    from .latent_stats import config_updates, measure_latent_stats
-    from .pipeline import load_model
-    from .utils import atomic_output, pick_device
+    from .io.atomic import atomic_output
+    from .latents import config_updates, measure_latent_stats
+    from .models.registry import load_model
+    from .runtime import pick_device
 
     vae = load_model(args.model, pick_device(args.device))
     stats = measure_latent_stats(vae, args.data, num_clips=args.clips,
@@ -113,8 +115,8 @@ def cmd_latent_stats(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import train
-    from .train_config import load_train_config
+    from .training.config import load_train_config
+    from .training.trainer import train
 
     final = train(load_train_config(args.config, args.overrides))
     print(f"wrote {final}")
@@ -132,19 +134,26 @@ def cmd_demo(args) -> None:
 
 
 def _model_options(s, reads_video: bool, output_help: str | None = None) -> None:
-    s.add_argument("--model", required=True, help="VideoVAE folder (config.json + weights)")
+    from .models.streaming import DECODE_CHUNK_LATENTS, ENCODE_CHUNK_FRAMES, TILE_SAMPLE_OVERLAP
+
+    s.add_argument("--model", required=True,
+                   help="model folder of any family (config.json + weights)")
     if output_help:  # optional output
         s.add_argument("-o", "--output", default=None, help=output_help)
     else:
         s.add_argument("-o", "--output", required=True)
     s.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    s.add_argument("--chunk-frames", type=int, default=16,
-                   help="frames per streamed chunk (multiple of the temporal ratio)")
-    s.add_argument("--decode-chunk", type=int, default=4, help="latent frames per decode step")
+    if reads_video:
+        s.add_argument("--chunk-frames", type=int, default=None,
+                       help="frames read and encoded per streamed step, a multiple of the "
+                            f"temporal ratio (default {ENCODE_CHUNK_FRAMES}); bounds memory")
+    s.add_argument("--decode-chunk", type=int, default=None,
+                   help=f"latent frames per decode step (default {DECODE_CHUNK_LATENTS})")
     s.add_argument("--tile", type=int, default=None,
                    help="spatial tile size in pixels (default: no tiling)")
-    s.add_argument("--tile-overlap", type=int, default=64, help="tile overlap in pixels")
+    s.add_argument("--tile-overlap", type=int, default=TILE_SAMPLE_OVERLAP,
+                   help="tile overlap in pixels")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--overwrite", action="store_true")
     if reads_video:
@@ -154,6 +163,9 @@ def _model_options(s, reads_video: bool, output_help: str | None = None) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .latents import KNOWN_IMAGE_VAES
+    from .models.registry import families
+
     p = argparse.ArgumentParser(prog="videovae", description=__doc__)
     p.add_argument("--version", action="version", version=f"videovae {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -162,9 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inflate", help="inflate an image VAE checkpoint into a video VAE")
     s.add_argument("--image-vae", required=True,
                    help="diffusers AutoencoderKL folder, or one .safetensors/.ckpt file")
-    s.add_argument("--arch", default="cv", choices=["cv"], help="video VAE family")
+    s.add_argument("--arch", default="cv", choices=families(), help="video VAE family")
     s.add_argument("--config", help="YAML of VideoVAE settings (top level or under `model:`)")
-    s.add_argument("--image-vae-type", choices=["sd", "sdxl", "sd3", "flux"],
+    s.add_argument("--image-vae-type", choices=sorted(KNOWN_IMAGE_VAES),
                    help="latent scaling to use when the checkpoint does not say")
     s.add_argument("-o", "--output", required=True, help="output model folder")
     s.add_argument("--overwrite", action="store_true")
@@ -196,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="mean PSNR/SSIM of reconstructions over a data set")
     s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest of videos")
-    _model_options(s, reads_video=False, output_help="write the report JSON here")
+    _model_options(s, reads_video=True, output_help="write the report JSON here")
     s.add_argument("--max-files", type=int, default=None)
     s.set_defaults(func=cmd_eval)
 
@@ -233,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .utils import setup_cpu, setup_logging
+    from .runtime import setup_cpu, setup_logging
 
     setup_logging(args.verbose)
     setup_cpu()

@@ -1,22 +1,19 @@
 """YAML configs loaded into dataclasses, with `key=value` / `section.key=value` overrides.
 
-Model settings are the keyword arguments of `VideoVAE` (its signature holds their defaults);
-everything else is a dataclass whose fields hold theirs. Unknown keys are errors.
+Each section is a dataclass whose fields hold its defaults (model settings are the keyword
+arguments of a model family, checked by `videovae.training.config`). Unknown keys are errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
+from .errors import ConfigError
 
 
 def load_yaml(path) -> dict:
@@ -120,14 +117,3 @@ def to_flat_dict(obj, prefix: str = "") -> dict:
         else:
             out[key] = str(v)
     return out
-
-
-def check_model_kwargs(kwargs: dict, where: str = "model") -> dict:
-    """Reject keys that `VideoVAE` does not take."""
-    from .model import VideoVAE
-
-    params = inspect.signature(VideoVAE.__init__).parameters
-    unknown = sorted(k for k in kwargs if k not in params or k == "self")
-    if unknown:
-        raise ConfigError(f"unknown model key(s) in {where}: {', '.join(unknown)}")
-    return dict(kwargs)

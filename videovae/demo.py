@@ -21,13 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
 IMAGE_VAE = dict(block_out_channels=[32, 64, 128, 128], layers_per_block=1, latent_channels=4,
-                 norm_num_groups=8, down_block_types=["DownEncoderBlock2D"] * 4,
-                 up_block_types=["UpDecoderBlock2D"] * 4)
+                 norm_num_groups=8)  # `sd_vae_config` arguments
 FINE_TUNE = {  # `videovae train` settings for the video stage
     "data": {"num_workers": 1, "val_clips": 2, "val_num_frames": 9, "val_resolution": [64, 64],
              "sources": [
@@ -40,37 +38,6 @@ FINE_TUNE = {  # `videovae train` settings for the video stage
     "optim": {"lr": 5e-5, "warmup_steps": 10, "min_lr_ratio": 0.1},
     "train": {"ema_decay": 0.0, "checkpoint_every": 0, "log_every": 10, "val_every": 0},
 }
-
-
-def train_image_vae(steps: int, batch: int = 16, seed: int = 0):
-    """A small AutoencoderKL trained with L1 + KL on 64 px crops of the bundled photos."""
-    from diffusers import AutoencoderKL
-
-    from .data.datasets import ClipSource, SourceConfig
-    from .model import init_posterior_logvar
-    from .train import lr_lambda
-
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(**IMAGE_VAE)
-    init_posterior_logvar(vae.quant_conv, IMAGE_VAE["latent_channels"])
-    src = ClipSource(SourceConfig(type="synthetic", num_frames=1, resolution=64))
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(20, steps, 0.05))
-    rng = np.random.default_rng(seed)
-    losses = []
-    for _ in tqdm(range(steps), desc="image VAE", leave=False):
-        x = torch.stack([src.sample(rng)[0][:, 0] for _ in range(batch)])
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        l1 = (rec - x).abs().mean()
-        loss = l1 + 1e-6 * post.kl().sum() / x.numel()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(l1.item())
-    return vae.eval().requires_grad_(False), losses
 
 
 @torch.no_grad()
@@ -94,12 +61,14 @@ def _compare_on_clip(x, image_vae, inflated, tuned) -> dict:
 def run_demo(out_dir="videovae_demo", image_steps: int = 300, video_steps: int = 60,
              long_frames: int = 241) -> dict:
     from .config import from_dict
-    from .image_vae import inflate_from_model
-    from .pipeline import decode_file, encode_file, load_model, reconstruct_file
-    from .synthetic import load_photo, pan_zoom_clip, write_clip
-    from .train import train
-    from .train_config import TrainConfig
-    from .video_io import VideoReader, frames_to_tensor
+    from .convert import inflate_from_model
+    from .data.synthetic import load_photo, pan_zoom_clip
+    from .files import decode_file, encode_file, reconstruct_file
+    from .io.video import VideoReader, frames_to_tensor, write_video
+    from .models.registry import load_model
+    from .training.config import TrainConfig
+    from .training.image_vae import train_image_vae
+    from .training.trainer import train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +77,7 @@ def run_demo(out_dir="videovae_demo", image_steps: int = 300, video_steps: int =
 
     print(f"[1/3] training a small image VAE for {image_steps} steps on 64 px crops of bundled "
           "photos, then inflating it into a video VAE ...", flush=True)
-    image_vae, losses = train_image_vae(image_steps)
+    image_vae, losses = train_image_vae(IMAGE_VAE, image_steps)
     image_vae.save_pretrained(out / "image_vae")
     inflated = inflate_from_model(image_vae).eval()
     inflated.save_pretrained(out / "video_vae_inflated")
@@ -144,7 +113,7 @@ def run_demo(out_dir="videovae_demo", image_steps: int = 300, video_steps: int =
     inputs = out / "inputs"
     inputs.mkdir(exist_ok=True)
     held_out = pan_zoom_clip(load_photo("chelsea"), 33, (96, 128), speed=1.5, zoom=0.005)
-    write_clip(inputs / "chelsea_33.mp4", held_out, fps=12, crf=0)
+    write_video(inputs / "chelsea_33.mp4", held_out, fps=12, crf=0)
     vae = load_model(model_dir)
     summary["held_out"] = _compare_on_clip(frames_to_tensor(held_out), image_vae, inflated, vae)
     for name, m in summary["held_out"].items():
@@ -154,7 +123,7 @@ def run_demo(out_dir="videovae_demo", image_steps: int = 300, video_steps: int =
                      overwrite=True, progress=False)
 
     long_clip = pan_zoom_clip(load_photo("rocket"), long_frames, (64, 96), speed=1.0)
-    write_clip(inputs / f"rocket_{long_frames}.mp4", long_clip, fps=24, crf=0)
+    write_video(inputs / f"rocket_{long_frames}.mp4", long_clip, fps=24, crf=0)
     lat = out / f"rocket_{long_frames}.safetensors"
     info = encode_file(vae, inputs / f"rocket_{long_frames}.mp4", lat, overwrite=True)
     dec = decode_file(vae, lat, out / f"rocket_{long_frames}_decoded.mp4", overwrite=True)

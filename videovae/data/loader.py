@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .datasets import ClipSource, SourceConfig
+from .sources import ClipSource, SourceConfig
 
 
 @dataclass

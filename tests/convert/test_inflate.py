@@ -1,0 +1,150 @@
+"""Inflating real-layout image VAEs (SD 1.x, SD3 16-channel; random weights) into video VAEs."""
+
+import pytest
+import torch
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from safetensors.torch import save_file
+
+from helpers import INFLATE_TOL as TOL
+from helpers import SD3_CONFIG, SD_CONFIG, random_video, tiny_image_vae
+from ldm_keys import to_ldm_state_dict
+from videovae import VideoVAE
+from videovae.cli import main as cli_main
+from videovae.errors import ImageVAEError
+
+
+def _save_ldm(vae, path, prefix="first_stage_model.", extra=None):
+    sd = to_ldm_state_dict(vae.state_dict(), len(vae.config.block_out_channels), prefix)
+    sd.update(extra or {})
+    if str(path).endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save({"state_dict": sd}, str(path))
+    return sd
+
+
+@pytest.mark.parametrize("config", [SD_CONFIG, SD3_CONFIG], ids=["sd", "sd3"])
+def test_reverse_key_table_round_trips_through_diffusers(config):
+    extra = {k: config[k] for k in ("latent_channels", "use_quant_conv", "use_post_quant_conv")
+             if k in config}
+    vae = tiny_image_vae(widths=(8, 16, 16, 16), groups=8, **extra)
+    ldm = to_ldm_state_dict(vae.state_dict(), 4, "first_stage_model.")
+    assert any(".mid.attn_1.q.weight" in k for k in ldm)
+    back = convert_ldm_vae_checkpoint(ldm, dict(vae.config))
+    own = vae.state_dict()
+    assert set(back) == set(own)
+    for k, v in own.items():
+        assert torch.equal(back[k].reshape(v.shape), v), k
+
+
+def _check_matches_image_vae(video_vae, image_vae, h=32, w=32):
+    x = random_video(t=1, h=h, w=w, seed=3)
+    with torch.no_grad():
+        ref = image_vae.encode(x[:, :, 0]).latent_dist
+        ref_rec = image_vae.decode(ref.mode()).sample
+        post = video_vae.encode(x).latent_dist
+        rec = video_vae.decode(post.mode()).sample
+        assert post.mean.shape[2] == 1 and rec.shape == x.shape
+        assert (post.mean[:, :, 0] - ref.mean).abs().max() < TOL
+        assert (post.logvar[:, :, 0] - ref.logvar).abs().max() < TOL
+        assert (rec[:, :, 0] - ref_rec).abs().max() < TOL
+        # a still clip of 9 frames: every latent frame is the image latent, every frame the
+        # image VAE's reconstruction
+        still = x.expand(-1, -1, 9, -1, -1)
+        post = video_vae.encode(still).latent_dist
+        assert post.mean.shape[2] == 3
+        assert (post.mean - ref.mean[:, :, None]).abs().max() < TOL
+        assert (post.logvar - ref.logvar[:, :, None]).abs().max() < TOL
+        rec = video_vae.decode(post.mode()).sample
+        assert rec.shape[2] == 9
+        assert (rec - ref_rec[:, :, None]).abs().max() < TOL
+
+
+def test_sd_from_diffusers_folder(sd_vae, tmp_path):
+    sd_vae.save_pretrained(tmp_path / "vae")
+    video = VideoVAE.from_image_vae(tmp_path / "vae").eval()
+    assert video.config.scaling_factor == pytest.approx(0.18215)
+    assert video.config.shift_factor is None
+    assert list(video.config.block_out_channels) == [128, 256, 512, 512]
+    _check_matches_image_vae(video, sd_vae)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_sd_from_ldm_single_file(sd_vae, tmp_path, suffix):
+    path = tmp_path / f"sd_vae{suffix}"
+    # a full-checkpoint-like file: the VAE under first_stage_model., plus a UNet key
+    _save_ldm(sd_vae, path, extra={"model.diffusion_model.input_blocks.0.0.weight":
+                                   torch.zeros(4, 4)})
+    video = VideoVAE.from_image_vae(path).eval()
+    assert video.config.scaling_factor == pytest.approx(0.18215)
+    _check_matches_image_vae(video, sd_vae, h=24, w=40)
+
+
+def test_sd3_16_channels_folder_and_file(sd3_vae, tmp_path):
+    sd3_vae.save_pretrained(tmp_path / "pipe" / "vae")  # a pipeline folder with vae/
+    video = VideoVAE.from_image_vae(tmp_path / "pipe").eval()
+    assert video.config.latent_channels == 16
+    assert video.config.scaling_factor == pytest.approx(1.5305)
+    assert video.config.shift_factor == pytest.approx(0.0609)
+    assert video.quant_conv is None and video.post_quant_conv is None
+    _check_matches_image_vae(video, sd3_vae)
+
+    path = tmp_path / "sd3_vae.safetensors"
+    _save_ldm(sd3_vae, path, prefix="")
+    video = VideoVAE.from_image_vae(path, image_vae_type="sd3").eval()
+    assert video.config.shift_factor == pytest.approx(0.0609)
+    _check_matches_image_vae(video, sd3_vae)
+
+
+def test_all_3d_convs_and_bad_checkpoints(sd_vae, tmp_path):
+    sd_vae.save_pretrained(tmp_path / "vae")
+    # every conv 3D still reproduces the image VAE
+    video = VideoVAE.from_image_vae(tmp_path / "vae", conv3d_layers="all").eval()
+    assert video.encoder.down_blocks[0].resnets[0].conv2.weight.shape[2] == 3
+    _check_matches_image_vae(video, sd_vae, h=16, w=16)
+
+    with pytest.raises(ImageVAEError, match="block_out_channels"):
+        VideoVAE.from_image_vae(tmp_path / "vae", block_out_channels=[64, 128, 256, 256])
+    with pytest.raises(ImageVAEError, match="latent_channels"):
+        VideoVAE.from_image_vae(tmp_path / "vae", latent_channels=16)
+
+    not_vae = tmp_path / "unet.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(not_vae))
+    with pytest.raises(ImageVAEError, match="not an image VAE.*encoder.conv_in.weight"):
+        VideoVAE.from_image_vae(not_vae)
+
+    # a VAE file with a missing weight names it
+    sd = _save_ldm(sd_vae, tmp_path / "broken.safetensors")
+    del sd["first_stage_model.decoder.up.0.block.1.conv2.weight"]
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(ImageVAEError, match="decoder.up_blocks.3.resnets.1.conv2.weight"):
+        VideoVAE.from_image_vae(tmp_path / "broken.safetensors")
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    with pytest.raises(ImageVAEError, match="not an image VAE"):
+        VideoVAE.from_image_vae(tmp_path / "unet")
+    with pytest.raises(ImageVAEError, match="not found"):
+        VideoVAE.from_image_vae(tmp_path / "nothing_here")
+
+
+def test_cli_inflate_writes_model_and_fails_cleanly(sd_vae, tmp_path, capsys):
+    sd_vae.save_pretrained(tmp_path / "vae")
+    out = tmp_path / "video_vae"
+    assert cli_main(["inflate", "--image-vae", str(tmp_path / "vae"), "-o", str(out),
+                     "decoder_causal=true"]) == 0
+    assert (out / "config.json").is_file()
+    assert (out / "diffusion_pytorch_model.safetensors").is_file()
+    video = VideoVAE.from_pretrained(out).eval()
+    _check_matches_image_vae(video, sd_vae, h=16, w=16)
+
+    bad = tmp_path / "bad_out"
+    rc = cli_main(["inflate", "--image-vae", str(tmp_path / "vae"), "-o", str(bad),
+                   "block_out_channels=[8,8,8,8]"])
+    assert rc != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "block_out_channels" in err[0]
+    assert not bad.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad_out")]
+    rc = cli_main(["inflate", "--image-vae", str(tmp_path / "vae"), "-o", str(out)])
+    assert rc != 0 and "exists" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""Inflating an image VAE into a video VAE family.
+
+`cv`: each 2D kernel goes into the temporal tap that sees the current frame (the last tap of a
+causal conv, the middle tap of a non-causal one) with zeros elsewhere, so a one-frame video and
+every frame of a still clip give exactly the image VAE's latents and reconstructions.
+Each family's inflater is registered with the model registry, so that
+`VideoVAE.from_image_vae(path, arch=...)` finds it without the models importing this package.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from diffusers import AutoencoderKL
+
+from ..errors import ImageVAEError
+from ..models import VideoVAE
+from ..models.registry import register_inflater
+from .checkpoints import load_image_vae
+
+logger = logging.getLogger(__name__)
+
+# Config keys the video VAE takes over from the image VAE; overrides must agree with them.
+ARCH_KEYS = ("in_channels", "out_channels", "block_out_channels", "layers_per_block",
+             "latent_channels", "norm_num_groups", "mid_block_add_attention", "use_quant_conv",
+             "use_post_quant_conv")
+LATENT_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")
+
+
+def video_config_from_image(image_config) -> dict:
+    """The VideoVAE config keys that must equal the image VAE's."""
+    cfg = {k: image_config[k] for k in ARCH_KEYS}
+    cfg["block_out_channels"] = list(cfg["block_out_channels"])
+    for k in LATENT_KEYS:
+        if image_config.get(k) is not None:
+            cfg[k] = image_config[k]
+    return cfg
+
+
+def inflate_state_dict(video_vae, image_state: dict) -> None:
+    """Copy 2D weights into the video VAE: kernels into the current-frame tap, zeros elsewhere."""
+    own = video_vae.state_dict()
+    missing = [k for k in own if k not in image_state]
+    if missing:
+        raise ImageVAEError(f"the image VAE lacks {len(missing)} weights the video VAE needs: "
+                            f"{', '.join(missing[:4])}")
+    new = {}
+    for name, param in own.items():
+        src = image_state[name].to(param.dtype)
+        if param.ndim == 5 and src.ndim == 4:
+            conv = video_vae.get_submodule(name.rsplit(".", 1)[0])
+            kt = param.shape[2]
+            tap = kt - 1 if conv.causal else kt // 2
+            w = torch.zeros_like(param)
+            w[:, :, tap] = src
+            new[name] = w
+        elif tuple(param.shape) == tuple(src.shape):
+            new[name] = src.clone()
+        else:
+            raise ImageVAEError(f"{name}: image VAE shape {tuple(src.shape)} does not fit the "
+                                f"video VAE's {tuple(param.shape)}")
+    video_vae.load_state_dict(new)
+
+
+def inflate_cv(image_vae: AutoencoderKL, where: str = "the image VAE", **overrides) -> VideoVAE:
+    """A `cv` video VAE from an in-memory diffusers `AutoencoderKL`."""
+    cfg = video_config_from_image(image_vae.config)
+    for key, value in overrides.items():
+        if key in ARCH_KEYS:
+            have = cfg[key]
+            if (list(value) if isinstance(value, (list, tuple)) else value) != have:
+                raise ImageVAEError(f"{key}={value} disagrees with {where}, which has "
+                                    f"{key}={have}")
+        cfg[key] = value
+    video = VideoVAE(**cfg)
+    inflate_state_dict(video, image_vae.state_dict())
+    return video
+
+
+FAMILIES = {"cv": inflate_cv}  # arch -> in-memory inflater
+
+
+def inflate_from_model(image_vae: AutoencoderKL, arch: str = "cv", where: str = "the image VAE",
+                       **overrides):
+    """A video VAE of family `arch` from an in-memory diffusers `AutoencoderKL`."""
+    if arch not in FAMILIES:
+        raise ImageVAEError(f"arch must be one of {', '.join(sorted(FAMILIES))}, got {arch!r}")
+    return FAMILIES[arch](image_vae, where, **overrides)
+
+
+def inflate_image_vae(path, arch: str = "cv", image_vae_type: str | None = None, **overrides):
+    """A video VAE of family `arch` from an image VAE checkpoint; see the module docstring."""
+    image_vae, family = load_image_vae(path, image_vae_type, overrides.get("norm_num_groups"))
+    video = inflate_from_model(image_vae, arch, f"the image VAE at {path}", **overrides)
+    logger.info("inflated a %s image VAE (%s, %d latent channels) into arch %s", family, path,
+                video.config.latent_channels, arch)
+    return video
+
+
+register_inflater(inflate_image_vae)

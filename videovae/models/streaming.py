@@ -1,0 +1,337 @@
+"""What every model family shares: the diffusers-style public API (encode / decode / forward),
+exact chunked streaming with carried caches, spatial tiling, temporal tiling for non-causal
+decoders, batch slicing, input checks and the hooks the trainer uses.
+
+A family subclasses `StreamingAutoencoder` (with `ConfigMixin`) and provides:
+    _encode_tile(x, state)   pixels (B, C, t, H, W) -> posterior moments (B, 2Z, t', h, w)
+    _decode_tile(z, state)   latents (B, Z, t', h, w) -> pixels
+    encoder_modules() / decoder_modules()   what `set_trainable` freezes
+    last_decoder_layer()     the weight taming's adaptive GAN weight differentiates against
+and sets `temporal_compression_ratio`, `spatial_compression_ratio` and calls
+`_init_streaming()` in `__init__`. `state` is a `StreamState` (or None for one full pass); a
+family's layers must make chunked passes equal one full pass for chunks of whole groups, which
+is all this module ever feeds them: 1 + n*r frames first, then n*r at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import torch
+import torch.nn as nn
+from diffusers.models.autoencoders.vae import AutoencoderMixin, DecoderOutput
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
+
+from .distributions import DiagonalGaussianDistribution
+from .frames import (frame_counts_for, num_decoded_frames, pad_frames, pad_video,
+                     repeat_last_frame)
+from .layers import StreamState
+from .tiling import blend_temporal_windows, tile_spans, tiled_apply_2d
+from .registry import inflate
+
+# Defaults of the memory knobs (not part of the config; results do not depend on them).
+ENCODE_CHUNK_FRAMES = 16  # frames per internal encode step (rounded up to the temporal ratio)
+DECODE_CHUNK_LATENTS = 4  # latent frames per internal decode step
+TILE_SAMPLE_SIZE, TILE_SAMPLE_OVERLAP = 256, 64  # spatial tiles, in pixels
+TILE_LATENT_FRAMES, TILE_LATENT_OVERLAP = 8, 2  # temporal tiles of non-causal decoders
+
+
+def init_posterior_logvar(moments_conv: nn.Module, latent_channels: int,
+                          logvar: float = -8.0) -> None:
+    """Start a from-scratch posterior nearly deterministic: with the default init its std is ~1
+    while the latent means are ~0.2, so the decoder would see mostly noise."""
+    with torch.no_grad():
+        moments_conv.bias[latent_channels:].fill_(logvar)
+
+
+class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
+    """Base class of the video VAE families; see the module docstring."""
+
+    _supports_gradient_checkpointing = True
+
+    def _set_ratios(self, t_ratio: int, s_ratio: int, given_t: int | None,
+                    given_s: int | None) -> None:
+        """Record the compression ratios the layers give (config and attributes: pipelines read
+        them as attributes (Hunyuan, LTX) or from the config (CogVideoX)); given values must
+        agree."""
+        for name, given, derived in (("temporal_compression_ratio", given_t, t_ratio),
+                                     ("spatial_compression_ratio", given_s, s_ratio)):
+            if given is not None and given != derived:
+                raise ValueError(f"{name}={given} disagrees with the layers, which give {derived}")
+        self.register_to_config(temporal_compression_ratio=t_ratio,
+                                spatial_compression_ratio=s_ratio)
+        self.temporal_compression_ratio = t_ratio
+        self.spatial_compression_ratio = s_ratio
+
+    @staticmethod
+    def _check_latent_stats(latent_channels: int, latents_mean, latents_std) -> None:
+        for name, stats in (("latents_mean", latents_mean), ("latents_std", latents_std)):
+            if stats is not None and len(stats) != latent_channels:
+                raise ValueError(f"{name} has {len(stats)} values for {latent_channels} channels")
+
+    def _init_streaming(self) -> None:
+        r = self.temporal_compression_ratio
+        self.encode_chunk_frames = r * -(-ENCODE_CHUNK_FRAMES // r)
+        self.decode_chunk_latents = DECODE_CHUNK_LATENTS
+        self.use_tiling = False
+        self.use_slicing = False
+        self.tile_sample_size = TILE_SAMPLE_SIZE
+        self.tile_sample_overlap = TILE_SAMPLE_OVERLAP
+        self.tile_latent_frames = TILE_LATENT_FRAMES
+        self.tile_latent_overlap = TILE_LATENT_OVERLAP
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_image_vae(cls, path, arch: str = "cv", **overrides):
+        """Inflate an image VAE (diffusers folder or LDM single file) into a video VAE of family
+        `arch` whose one-frame and still-clip outputs equal the image VAE's."""
+        return inflate(path, arch, **overrides)
+
+    # ------------------------------------------------------------------ what decode can stream
+    @property
+    def decoder_streams(self) -> bool:
+        """Whether the decoder is causal (exact streaming); otherwise time is decoded in
+        overlapping windows."""
+        return bool(self.config.get("decoder_causal", True))
+
+    # ------------------------------------------------------------------ training hooks
+    def encoder_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def decoder_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def last_decoder_layer(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_trainable(self, encoder: bool = True, decoder: bool = True) -> None:
+        """Freeze or unfreeze the encoder side and the decoder side."""
+        for flag, modules in ((encoder, self.encoder_modules()), (decoder, self.decoder_modules())):
+            for m in modules:
+                m.requires_grad_(flag)
+
+    # ------------------------------------------------------------------ knobs
+    def enable_tiling(self, tile_sample_size: int = TILE_SAMPLE_SIZE,
+                      tile_sample_overlap: int = TILE_SAMPLE_OVERLAP,
+                      tile_latent_frames: int | None = None,
+                      tile_latent_overlap: int | None = None) -> None:
+        """Process H/W in overlapping tiles of `tile_sample_size` pixels blended over
+        `tile_sample_overlap` pixels. Non-causal decoders also decode time in tiles of
+        `tile_latent_frames` latents overlapping by `tile_latent_overlap`."""
+        r = self.spatial_compression_ratio
+        if tile_sample_size % r or tile_sample_overlap % r:
+            raise ValueError(f"tile size and overlap must be multiples of {r} pixels")
+        if not 0 <= tile_sample_overlap < tile_sample_size:
+            raise ValueError("tile_sample_overlap must be in [0, tile_sample_size)")
+        frames = self.tile_latent_frames if tile_latent_frames is None else tile_latent_frames
+        overlap = self.tile_latent_overlap if tile_latent_overlap is None else tile_latent_overlap
+        if not 0 <= overlap < frames:
+            raise ValueError("tile_latent_overlap must be in [0, tile_latent_frames)")
+        self.use_tiling = True
+        self.tile_sample_size, self.tile_sample_overlap = tile_sample_size, tile_sample_overlap
+        self.tile_latent_frames, self.tile_latent_overlap = frames, overlap
+
+    def set_chunk_sizes(self, encode_frames: int | None = None,
+                        decode_latents: int | None = None) -> None:
+        """Frames per internal encode chunk (a multiple of the temporal ratio) and latent frames
+        per decode chunk. Results do not depend on them; peak memory does."""
+        r = self.temporal_compression_ratio
+        if encode_frames is not None:
+            if encode_frames < r or encode_frames % r:
+                raise ValueError(f"encode chunk must be a positive multiple of {r} frames, got "
+                                 f"{encode_frames}")
+            self.encode_chunk_frames = encode_frames
+        if decode_latents is not None:
+            if decode_latents < 1:
+                raise ValueError(f"decode chunk must be >= 1 latent frame, got {decode_latents}")
+            self.decode_chunk_latents = decode_latents
+
+    # ------------------------------------------------------------------ checks
+    def _check_video(self, x: torch.Tensor, what: str = "video") -> None:
+        c = self.config.in_channels
+        if not torch.is_tensor(x) or x.ndim != 5:
+            shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"{what} must be a (B, {c}, T, H, W) tensor, got {shape}; an image "
+                             "is a video with T=1 (x.unsqueeze(2))")
+        if x.shape[1] != c:
+            raise ValueError(f"{what} has {x.shape[1]} channels, the model takes {c} (layout is "
+                             "(B, C, T, H, W))")
+        if not x.is_floating_point():
+            raise ValueError(f"{what} must be a float tensor in [-1, 1], got {x.dtype}")
+        if x.shape[2] == 0:
+            raise ValueError(f"{what} has no frames")
+        r = self.spatial_compression_ratio
+        if x.shape[3] % r or x.shape[4] % r:
+            raise ValueError(f"{what} height and width must be multiples of {r}, got "
+                             f"{x.shape[3]}x{x.shape[4]}; vae(x), the file API and the CLI pad "
+                             "for you, or use videovae.pad_video")
+
+    def _check_latent(self, z: torch.Tensor) -> None:
+        zc = self.config.latent_channels
+        if not torch.is_tensor(z) or z.ndim != 5 or z.shape[1] != zc or z.shape[2] == 0:
+            shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
+            raise ValueError(f"latents must be (B, {zc}, T', h, w) with T' >= 1, got {shape}")
+
+    # ------------------------------------------------------------------ chunks and tiles
+    def _spatially_tiled(self, x, fn, state, scale):
+        """Run fn on x, in spatial tiles when tiling is on and x is larger than one tile."""
+        tile, overlap = self.tile_sample_size, self.tile_sample_overlap
+        if scale > 1:  # x is a latent: tile sizes in latent pixels
+            tile, overlap = tile // scale, overlap // scale
+        if not self.use_tiling or max(x.shape[-2:]) <= tile:
+            return fn(x, state)
+
+        def run(t, key):
+            return fn(t, None if state is None else state.sub(key))
+
+        return tiled_apply_2d(x, run, int(tile), int(overlap), scale)
+
+    def _encode_chunk(self, x, state):
+        return self._spatially_tiled(x, self._encode_tile, state,
+                                     1.0 / self.spatial_compression_ratio)
+
+    def _decode_chunk(self, z, state):
+        return self._spatially_tiled(z, self._decode_tile, state, self.spatial_compression_ratio)
+
+    def _encode_moments(self, x):
+        n = self.encode_chunk_frames
+        if x.shape[2] <= 1 + n:
+            return self._encode_chunk(x, None)
+        state = StreamState()
+        bounds = [0, *range(1 + n, x.shape[2], n), x.shape[2]]
+        return torch.cat([self._encode_chunk(x[:, :, a:b], state)
+                          for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
+
+    def _decode_all(self, z):
+        if not self.decoder_streams:
+            return torch.cat(list(self._temporal_tiles(z)), dim=2)
+        n = self.decode_chunk_latents
+        if z.shape[2] <= n:
+            return self._decode_chunk(z, None)
+        state = StreamState()
+        return torch.cat([self._decode_chunk(p, state) for p in z.split(n, dim=2)], dim=2)
+
+    def _temporal_tiles(self, z):
+        """Non-causal decoders: overlapping latent windows (one when tiling is off), blended."""
+        n = z.shape[2]
+        windows = ([(0, n)] if not self.use_tiling or n <= self.tile_latent_frames
+                   else tile_spans(n, self.tile_latent_frames, self.tile_latent_overlap))
+        return blend_temporal_windows(z, windows, lambda w: self._decode_chunk(w, None),
+                                      self.temporal_compression_ratio)
+
+    # ------------------------------------------------------------------ public API
+    @apply_forward_hook
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        """Encode (B, 3, T, H, W) in [-1, 1] (any T; H, W multiples of the spatial ratio).
+
+        Frames are padded by repeating the last one up to 1 + r*k. Long clips are encoded in
+        chunks with carried causal caches, which equals one full pass.
+        """
+        self._check_video(x)
+        x = pad_frames(x, self.temporal_compression_ratio)
+        if self.use_slicing and x.shape[0] > 1:
+            moments = torch.cat([self._encode_moments(xi) for xi in x.split(1)], dim=0)
+        else:
+            moments = self._encode_moments(x)
+        posterior = DiagonalGaussianDistribution(moments)
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    @apply_forward_hook
+    def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True):
+        """Decode (B, Z, T', h, w) into 1 + r*(T'-1) frames, trimmed to `num_frames` if given."""
+        self._check_latent(z)
+        if num_frames is not None:
+            fits = frame_counts_for(z.shape[2], self.temporal_compression_ratio)
+            if num_frames not in fits:
+                raise ValueError(f"num_frames={num_frames} does not fit {z.shape[2]} latent "
+                                 f"frames (they decode to {fits.start}..{fits.stop - 1} frames)")
+        if self.use_slicing and z.shape[0] > 1:
+            x = torch.cat([self._decode_all(zi) for zi in z.split(1)], dim=0)
+        else:
+            x = self._decode_all(z)
+        if num_frames is not None:
+            x = x[:, :, :num_frames]
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+    def forward(self, sample: torch.Tensor, sample_posterior: bool = False,
+                return_dict: bool = True, generator: torch.Generator | None = None,
+                return_posterior: bool = False):
+        """Reconstruct a video of any frame count and size (padded, then trimmed and cropped).
+
+        With `return_posterior=True` returns `(reconstruction, posterior)` (for training).
+        """
+        if torch.is_tensor(sample) and sample.ndim == 5 and sample.shape[2] > 0:
+            t, h, w = sample.shape[2:]
+            sample = pad_video(sample, self.temporal_compression_ratio,
+                               self.spatial_compression_ratio)
+        else:
+            t, h, w = None, None, None  # encode() raises the readable error
+        posterior = self.encode(sample).latent_dist
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        dec = self.decode(z, num_frames=t).sample[..., :h, :w]
+        if return_posterior:
+            return dec, posterior
+        return DecoderOutput(sample=dec) if return_dict else (dec,)
+
+    # ------------------------------------------------------------------ streaming
+    def _aligned_pixel_chunks(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Regroup arbitrary pixel chunks into whole groups: 1 + n frames first, then n at a
+        time (n = encode_chunk_frames); the tail is padded by repeating the last frame, as
+        `encode` does."""
+        r, n = self.temporal_compression_ratio, self.encode_chunk_frames
+        pending: list[torch.Tensor] = []
+        count, first, ref = 0, True, None
+        for chunk in chunks:
+            self._check_video(chunk, "chunk")
+            if ref is None:
+                ref = (chunk.shape[0], *chunk.shape[3:])
+            elif (chunk.shape[0], *chunk.shape[3:]) != ref:
+                raise ValueError(f"chunk shape {tuple(chunk.shape)} differs from the stream's "
+                                 f"(B, H, W) = {ref}")
+            pending.append(chunk)
+            count += chunk.shape[2]
+            while count >= (need := 1 + n if first else n):
+                buf = torch.cat(pending, dim=2)
+                yield buf[:, :, :need]
+                pending, count, first = [buf[:, :, need:]], count - need, False
+        if first and count == 0:
+            raise ValueError("the stream had no frames")
+        if count:
+            buf = torch.cat(pending, dim=2)
+            # the first chunk pads to 1 + r*k, later ones to whole groups of r
+            yield pad_frames(buf, r) if first else repeat_last_frame(buf, -buf.shape[2] % r)
+
+    @torch.no_grad()
+    def stream_encode(self, chunks: Iterable[torch.Tensor], sample_posterior: bool = False,
+                      generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Encode a video given as pixel chunks of any sizes; yields latent chunks whose
+        concatenation equals `encode(whole).latent_dist.mode()` (or a sample of it)."""
+        state = StreamState()
+        for x in self._aligned_pixel_chunks(chunks):
+            posterior = DiagonalGaussianDistribution(self._encode_chunk(x, state))
+            yield posterior.sample(generator) if sample_posterior else posterior.mode()
+
+    @torch.no_grad()
+    def stream_decode(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Decode latent chunks of any sizes; yields pixel chunks whose concatenation equals
+        `decode(whole)`: 1 + r*(n-1) frames for the first chunk of n latents, r*n after."""
+        if not self.decoder_streams:
+            # windows overlap in time, so collect the (small) latents and decode window by window
+            latents = []
+            for z in chunks:
+                self._check_latent(z)
+                latents.append(z)
+            if latents:
+                yield from self._temporal_tiles(torch.cat(latents, dim=2))
+            return
+        state = StreamState()
+        for z in chunks:
+            self._check_latent(z)
+            for piece in z.split(self.decode_chunk_latents, dim=2):
+                yield self._decode_chunk(piece, state)
+
+    def num_decoded_frames(self, num_latents: int) -> int:
+        """Frames that `num_latents` latent frames decode to (before trimming)."""
+        return num_decoded_frames(num_latents, self.temporal_compression_ratio)

@@ -1,0 +1,2 @@
+"""Training: config dataclasses, losses and discriminator, the step, checkpoints, validation,
+and the Accelerate trainer."""
