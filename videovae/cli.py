@@ -89,6 +89,32 @@ def cmd_eval(args) -> None:
           f"dB, SSIM {report['ssim_mean']:.4f}" + (f"; wrote {args.output}" if args.output else ""))
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x448), got {text!r}") from None
+    return h, w
+
+
+def cmd_extract(args) -> None:
+    from .extract import ExtractOptions, run_extract
+    from .runtime import pick_dtype
+
+    opts = ExtractOptions(window_frames=args.window_frames, window_stride=args.window_stride,
+                          frame_buckets=args.frame_buckets or [], sizes=args.size or [],
+                          normalize=args.normalize, moments=args.moments,
+                          shard_items=args.shard_items, backend=args.backend)
+    summary = run_extract(args.model, args.data, args.output, opts, dtype=pick_dtype(args.dtype),
+                          chunk_frames=args.chunk_frames, tile=args.tile,
+                          progress=not args.no_progress)
+    if summary is not None:  # rank 0
+        print(f"wrote {args.output}: {summary['windows']} latent clips ({summary['frames']} "
+              f"frames) from {summary['items'] - summary['failed_items']} of {summary['items']} "
+              f"files in {summary['shards']} shards; {summary['failed_items']} failed (see "
+              f"{args.output}/failures.jsonl)")
+
+
 def cmd_latent_stats(args) -> None:
     import json
 
@@ -211,6 +237,34 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(s, reads_video=True, output_help="write the report JSON here")
     s.add_argument("--max-files", type=int, default=None)
     s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("extract", help="latents of a whole data set, in shards with an index "
+                       "(run under `accelerate launch` for several GPUs or machines)")
+    s.add_argument("--model", required=True, help="model folder of any family")
+    s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest of videos/images")
+    s.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes it)")
+    s.add_argument("--window-frames", type=int, default=None,
+                   help="encode fixed-length windows of this many frames (1 + 4k)")
+    s.add_argument("--window-stride", type=int, default=None,
+                   help="frames between window starts (default: the window length)")
+    s.add_argument("--frame-buckets", type=lambda v: [int(x) for x in v.split(",")],
+                   help="whole files: trim to the largest of these frame counts that fits, "
+                        "e.g. 17,33,65")
+    s.add_argument("--size", type=_size, action="append", metavar="HxW",
+                   help="resolution bucket (repeatable): resize and center-crop each file to "
+                        "the bucket nearest its aspect ratio")
+    s.add_argument("--normalize", action="store_true",
+                   help="store latents normalized with the model's scaling/shift/mean/std")
+    s.add_argument("--moments", action="store_true",
+                   help="also store the posterior std (so a trainer can sample)")
+    s.add_argument("--shard-items", type=int, default=16, help="files per shard")
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    s.add_argument("--chunk-frames", type=int, default=None,
+                   help="frames read and encoded per streamed step (bounds memory)")
+    s.add_argument("--tile", type=int, default=None, help="spatial tile size in pixels")
+    s.add_argument("--backend", default="auto", choices=["auto", "decord", "pyav"])
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("latent-stats", help="measure latent scaling statistics over a data set")
     s.add_argument("--model", required=True)

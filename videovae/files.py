@@ -45,16 +45,18 @@ def configure(vae: StreamingAutoencoder, chunk_frames: int | None = None,
         vae.disable_tiling()
 
 
-def _pixel_chunks(vae, reader, on_chunk=None):
-    """Model-ready chunks (1, 3, t, H8, W8) of the model's encode chunk length from a reader;
-    pads H, W to multiples of the spatial ratio."""
+def pixel_chunks(vae, frame_chunks, on_chunk=None, transform=None):
+    """Model-ready chunks (1, 3, t, H8, W8) from uint8 (t, H, W, 3) frame chunks (e.g.
+    `reader.iter_chunks(vae.encode_chunk_frames)`); `transform` maps each (1, 3, t, H, W) chunk
+    (e.g. resize and crop) before H, W are padded to multiples of the spatial ratio."""
     r = vae.spatial_compression_ratio
     param = next(vae.parameters())
-    for frames in reader.iter_chunks(vae.encode_chunk_frames):
+    for frames in frame_chunks:
         release_memory()  # once per chunk: keeps RSS flat over thousands of frames
         if on_chunk is not None:
             on_chunk(frames)
-        yield pad_size(frames_to_tensor(frames, param.device, param.dtype), r)
+        x = frames_to_tensor(frames, param.device, param.dtype)
+        yield pad_size(x if transform is None else transform(x), r)
 
 
 def _progress(total, desc, enabled):
@@ -83,7 +85,8 @@ def encode_file(vae: StreamingAutoencoder, video_path, out_path, *, normalize: b
             count += len(frames)
             bar.update(len(frames))
 
-        for z in vae.stream_encode(_pixel_chunks(vae, reader, seen),
+        pixels = pixel_chunks(vae, reader.iter_chunks(vae.encode_chunk_frames), seen)
+        for z in vae.stream_encode(pixels,
                                    sample_posterior=sample, generator=gen):
             latents.append(z.float().cpu())
         z = torch.cat(latents, dim=2)
@@ -180,7 +183,7 @@ def reconstruct_file(vae: StreamingAutoencoder, video_path, out_path, *, metrics
         metrics_tmp = (stack.enter_context(atomic_output(metrics_path, overwrite=overwrite))
                        if metrics_path else None)
         bar = stack.enter_context(_progress(reader.num_frames, "reconstruct", progress))
-        pixels = _pixel_chunks(vae, reader, originals.append)
+        pixels = pixel_chunks(vae, reader.iter_chunks(vae.encode_chunk_frames), originals.append)
         for x in vae.stream_decode(vae.stream_encode(pixels)):
             rec = tensor_to_frames(x[..., :h, :w])
             orig = take(len(rec))

@@ -28,7 +28,7 @@ KNOWN_IMAGE_VAES = {
 }
 
 
-def _offset_gain(config, z: torch.Tensor):
+def offset_and_gain(config, z: torch.Tensor):
     """Both conventions as `z_norm = (z - offset) * gain`, broadcast over (B, Z, ...)."""
     config = dict(config)
     scale = config.get("scaling_factor") or 1.0
@@ -42,13 +42,13 @@ def _offset_gain(config, z: torch.Tensor):
 
 def normalize_latents(z: torch.Tensor, config) -> torch.Tensor:
     """Raw (B, Z, ...) latents -> what a diffusion model is trained on."""
-    offset, gain = _offset_gain(config, z)
+    offset, gain = offset_and_gain(config, z)
     return (z - offset) * gain
 
 
 def denormalize_latents(z: torch.Tensor, config) -> torch.Tensor:
     """Inverse of `normalize_latents`."""
-    offset, gain = _offset_gain(config, z)
+    offset, gain = offset_and_gain(config, z)
     return z / gain + offset
 
 

@@ -167,6 +167,23 @@ class VideoReader:
                                  "be decoded")
         return np.stack([got.get(i, got[max(got)]) for i in indices])
 
+    def iter_range(self, start: int, stop: int, chunk_size: int = 16) -> Iterator[np.ndarray]:
+        """Frames [start, stop) in chunks of at most `chunk_size`. decord seeks to `start`;
+        the other backends decode from the beginning and drop the frames before it."""
+        stop = min(stop, self.num_frames)
+        if self.backend == "decord":
+            for a in range(start, stop, chunk_size):
+                yield self.read_frames(list(range(a, min(a + chunk_size, stop))))
+            return
+        pos = 0
+        for chunk in self.iter_chunks(chunk_size):
+            a, b = max(start - pos, 0), min(stop - pos, len(chunk))
+            if a < b:
+                yield chunk[a:b]
+            pos += len(chunk)
+            if pos >= stop:
+                return
+
     def read_all(self) -> np.ndarray:
         """Every frame at once (small clips only)."""
         return np.concatenate(list(self.iter_chunks(64)), axis=0)

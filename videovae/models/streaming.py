@@ -304,13 +304,20 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
             yield pad_frames(buf, r) if first else repeat_last_frame(buf, -buf.shape[2] % r)
 
     @torch.no_grad()
+    def stream_posterior(self, chunks: Iterable[torch.Tensor]
+                         ) -> Iterator[DiagonalGaussianDistribution]:
+        """Encode a video given as pixel chunks of any sizes; yields the posterior of each
+        latent chunk (concatenated: `encode(whole).latent_dist`)."""
+        state = StreamState()
+        for x in self._aligned_pixel_chunks(chunks):
+            yield DiagonalGaussianDistribution(self._encode_chunk(x, state))
+
+    @torch.no_grad()
     def stream_encode(self, chunks: Iterable[torch.Tensor], sample_posterior: bool = False,
                       generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
         """Encode a video given as pixel chunks of any sizes; yields latent chunks whose
         concatenation equals `encode(whole).latent_dist.mode()` (or a sample of it)."""
-        state = StreamState()
-        for x in self._aligned_pixel_chunks(chunks):
-            posterior = DiagonalGaussianDistribution(self._encode_chunk(x, state))
+        for posterior in self.stream_posterior(chunks):
             yield posterior.sample(generator) if sample_posterior else posterior.mode()
 
     @torch.no_grad()
