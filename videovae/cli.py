@@ -115,6 +115,22 @@ def cmd_extract(args) -> None:
               f"{args.output}/failures.jsonl)")
 
 
+def cmd_learnability(args) -> None:
+    from .learnability import ProbeConfig
+    from .learnability.run import learnability
+    from .runtime import pick_device
+
+    cfg = ProbeConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    report = learnability(args.model, args.data, args.output, cfg, frames=args.frames,
+                          resolution=args.resolution, clips=args.clips,
+                          device=pick_device(args.device), overwrite=args.overwrite,
+                          progress=not args.no_progress)
+    for name, r in report["models"].items():
+        print(f"{name}: recon PSNR {r['recon_psnr']:.2f} dB, final val FM loss "
+              f"{r['final_val_loss']:.4f}, curve area {r['curve_area']:.4f}")
+    print(f"wrote {args.output} (+ .md table, .png curves)")
+
+
 def cmd_latent_stats(args) -> None:
     import json
 
@@ -265,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="auto", choices=["auto", "decord", "pyav"])
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("learnability", help="how easily a small diffusion model learns each "
+                       "model's latents (same clips, seed and budget), next to reconstruction")
+    s.add_argument("--model", action="append", required=True,
+                   help="model folder (repeat to compare several)")
+    s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest of videos")
+    s.add_argument("-o", "--output", required=True, help="report JSON (.md and .png beside it)")
+    s.add_argument("--frames", type=int, default=9, help="clip length (1 + 4k)")
+    s.add_argument("--resolution", type=int, default=64, help="square clips of this size")
+    s.add_argument("--clips", type=int, default=64, help="clips used (a quarter for validation)")
+    s.add_argument("--steps", type=int, default=300, help="probe training steps")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_learnability)
 
     s = sub.add_parser("latent-stats", help="measure latent scaling statistics over a data set")
     s.add_argument("--model", required=True)

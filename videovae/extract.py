@@ -90,7 +90,8 @@ def nearest_bucket(height: int, width: int, sizes) -> tuple[int, int] | None:
     return min(sizes, key=lambda s: (abs(math.log((s[1] / s[0]) / (width / height))), s))
 
 
-def _bucket_transform(size):
+def bucket_transform(size):
+    """(1, 3, t, H, W) -> resized to cover `size` (h, w) and center-cropped; None: identity."""
     if size is None:
         return None
     rng = np.random.default_rng(0)  # center crop: the generator is never drawn from
@@ -167,7 +168,7 @@ class Extractor:
         h, w = size or (reader.height, reader.width)
         total = 0
         for j, (a, b) in enumerate(ranges):
-            mean, std, n = self._encode(reader, a, b, _bucket_transform(size))
+            mean, std, n = self._encode(reader, a, b, bucket_transform(size))
             total += n
             if self.opts.normalize:
                 mean = normalize_latents(mean[None], self.vae.config)[0]

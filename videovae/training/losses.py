@@ -12,6 +12,7 @@ Generator loss (every term's weight in `LossConfig`):
     reg_enc  = |x - D_vid(E_img(psi(x)))|: the video decoder decodes image-encoder latents of the
                time-mapped input (CV-VAE's encoder regularization)
     gan      = -mean D(x_hat), scaled by taming's adaptive weight once step >= disc_start
+    align    = VA-VAE's alignment of projected latents with frozen vision features (alignment.py)
 psi maps T = 1 + r*k frames to 1 + k: `first` (frame 0 only), `slice` (frames 0, r, 2r, ...),
 `average` (frame 0, then the mean of each group of r), `random` (frame 0, then one random frame
 of each group; CV-VAE's choice). Images (T = 1) go through every term.
@@ -26,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .alignment import LatentAlignment, PatchFeatures
 from .discriminator import Discriminator3D
 
 MAPPINGS = ("first", "slice", "average", "random")
@@ -51,6 +53,11 @@ class LossConfig:
     reg_enc_weight: float = 0.0
     reg_mapping: str = "random"
     reg_type: str = "l1"
+    align_weight: float = 0.0  # semantic latent alignment (training/alignment.py); 0: off
+    align_backbone: str | None = None  # local transformers folder or TorchScript file
+    align_image_size: int = 224  # frames are resized to this for the backbone
+    align_margin_cos: float = 0.5
+    align_margin_dms: float = 0.25
 
 
 def build_lpips(net: str = "vgg", weights: str | None = None, pretrained_trunk: bool = True):
@@ -110,7 +117,8 @@ def hinge_d_loss(logits_real, logits_fake):
 
 
 class VAELoss(nn.Module):
-    def __init__(self, cfg: LossConfig, image_vae=None, temporal_ratio: int = 4):
+    def __init__(self, cfg: LossConfig, image_vae=None, temporal_ratio: int = 4,
+                 latent_channels: int | None = None, align_backbone: nn.Module | None = None):
         super().__init__()
         if cfg.reg_mapping not in MAPPINGS:
             raise ConfigError(f"loss.reg_mapping must be one of {MAPPINGS}")
@@ -130,6 +138,22 @@ class VAELoss(nn.Module):
         self.logvar = nn.Parameter(torch.tensor(float(cfg.logvar_init)),
                                    requires_grad=cfg.learn_logvar)
         self.image_vae = image_vae.eval().requires_grad_(False) if image_vae is not None else None
+        self.align = self._build_alignment(cfg, latent_channels, temporal_ratio, align_backbone)
+
+    @staticmethod
+    def _build_alignment(cfg, latent_channels, temporal_ratio, backbone):
+        if cfg.align_weight <= 0:
+            return None
+        if backbone is None:
+            if not cfg.align_backbone:
+                raise ConfigError("loss.align_weight needs loss.align_backbone: a local "
+                                  "transformers vision model folder (e.g. DINOv2) or a "
+                                  "TorchScript file returning (N, D, h, w) features")
+            backbone = PatchFeatures(cfg.align_backbone, cfg.align_image_size)
+        if latent_channels is None:
+            raise ConfigError("the alignment loss needs the model's latent_channels")
+        return LatentAlignment(backbone, latent_channels, temporal_ratio, cfg.align_margin_cos,
+                               cfg.align_margin_dms)
 
     # ------------------------------------------------------------------ helpers
     def gan_active(self, step: int) -> bool:
@@ -191,6 +215,11 @@ class VAELoss(nn.Module):
             reg = _distance(x, enc_reg_recon, cfg.reg_type)
             logs["reg_enc"] = reg.detach()
             loss = loss + cfg.reg_enc_weight * reg
+        if self.align is not None:
+            align, align_logs = self.align(x, z)
+            logs.update(align_logs)
+            logs["align"] = align.detach()
+            loss = loss + cfg.align_weight * align
         if self.gan_active(step):
             g_loss = -self.discriminator(x_hat).mean()
             if cfg.adaptive_disc_weight and last_layer is not None and self.training:

@@ -20,12 +20,14 @@ from ..models.distributions import DiagonalGaussianDistribution
 
 class AutoencoderForward(nn.Module):
     """What DDP wraps: encode, sample, decode (and decode the encoder-regularization latents).
-    Holds the learned log-variance so that DDP syncs its gradient too."""
+    Holds the loss's trainable parts (the learned log-variance, the alignment projection) so
+    that DDP syncs their gradients too."""
 
-    def __init__(self, vae, logvar: nn.Parameter):
+    def __init__(self, vae, logvar: nn.Parameter, loss_modules: nn.Module | None = None):
         super().__init__()
         self.vae = vae
         self.logvar = logvar
+        self.loss_modules = loss_modules
 
     def forward(self, x, enc_reg_latents=None):
         moments = self.vae.encode(x).latent_dist.parameters

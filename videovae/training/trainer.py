@@ -44,7 +44,8 @@ def _accelerator(run, out: Path):
 def _stepper(cfg: TrainConfig, accelerator, vae, loss_fn):
     """Optimizers and schedules for the autoencoder (and discriminator), prepared."""
     run, o = cfg.train, cfg.optim
-    model = AutoencoderForward(vae, loss_fn.logvar)
+    model = AutoencoderForward(vae, loss_fn.logvar,
+                               loss_fn.align.proj if loss_fn.align is not None else None)
     params_g = [p for p in model.parameters() if p.requires_grad]
     opt_g, sched_g = adamw_with_schedule(params_g, o.lr, o, run.max_steps)
     disc = loss_fn.discriminator
@@ -69,7 +70,8 @@ def train(cfg: TrainConfig) -> Path:
     vae, image_vae = build_models(cfg)
     if run.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    loss_fn = VAELoss(cfg.loss, image_vae, vae.temporal_compression_ratio).to(device)
+    loss_fn = VAELoss(cfg.loss, image_vae, vae.temporal_compression_ratio,
+                      vae.config.latent_channels).to(device)
     stepper = _stepper(cfg, accelerator, vae, loss_fn)
     ema = build_ema(vae, run.ema_decay, device)
     state = TrainState()
