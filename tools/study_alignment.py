@@ -79,6 +79,7 @@ def main() -> None:
 
     setup_cpu()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="study_alignment_"))
+    work.mkdir(parents=True, exist_ok=True)
     backbone = work / "oriented_energy.pt2"
     program = torch.export.export(OrientedEnergy().eval(), (torch.zeros(2, 3, 64, 64),),
                                   dynamic_shapes=({0: torch.export.Dim("n")},))

@@ -40,7 +40,7 @@ def _clip_pixels(row: dict, size) -> torch.Tensor:
 
 def probe_model(model_dir, data_path, work_dir, cfg: ProbeConfig, *, frames: int,
                 resolution: int, clips: int, val_fraction: float, device=None,
-                progress: bool = True) -> dict:
+                progress: bool = True, name: str = "model") -> dict:
     """Extract (or reuse) one model's latents of the data and probe them."""
     from ..data.latent_dataset import LatentDataset
     from ..models.registry import load_model
@@ -67,7 +67,7 @@ def probe_model(model_dir, data_path, work_dir, cfg: ProbeConfig, *, frames: int
                           for i in range(len(raw))])
 
     recon = psnr_per_frame(pixels, decode(val).clamp(-1, 1)).mean().item()
-    bar = tqdm(total=cfg.steps, desc=f"probe {Path(model_dir).name}", disable=not progress,
+    bar = tqdm(total=cfg.steps, desc=f"probe {name}", disable=not progress,
                leave=False)
     result = run_probe(train.to(dev), val.to(dev), cfg, decode, pixels,
                        progress=lambda step: bar.update(1))
@@ -95,7 +95,8 @@ def learnability(model_dirs, data_path, out_path, cfg: ProbeConfig, *, frames: i
         logger.info("probing %s", model_dir)
         results[name] = probe_model(model_dir, data_path, work / name, cfg, frames=frames,
                                     resolution=resolution, clips=clips,
-                                    val_fraction=val_fraction, device=device, progress=progress)
+                                    val_fraction=val_fraction, device=device, progress=progress,
+                                    name=name)
     report = {"data": str(data_path), "frames": frames, "resolution": resolution,
               "probe": vars(cfg), "models": results}
     with atomic_output(outputs[0], overwrite=overwrite) as tmp:
