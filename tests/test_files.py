@@ -79,6 +79,11 @@ def test_reconstruct_metrics_side_by_side_and_odd_sizes(tmp_path, model_dir):
     ref = psnr_per_frame(frames_to_tensor(src), frames_to_tensor(rec))[0]
     assert np.allclose(m["psnr_per_frame"], ref.tolist(), atol=0.05), (m["psnr_per_frame"], ref)
     assert m["psnr_mean"] == pytest.approx(np.mean(m["psnr_per_frame"]))
+    # 6 frames: the group firsts are frames 0, 1 and 5; positions 1..3 are frames 2..4
+    p = m["psnr_per_frame"]
+    first = (p[0] + p[1] + p[5]) / 3
+    assert m["psnr_per_position"] == pytest.approx([first, p[2], p[3], p[4]])
+    assert m["first_vs_rest_gap"] == pytest.approx(first - np.mean(p[2:5]))
     # encode + decode restore the odd size through the latent file's metadata
     lat = tmp_path / "odd.safetensors"
     assert cli(["encode", str(tmp_path / "odd.mp4"), "--model", str(model_dir), "-o", str(lat),

@@ -26,7 +26,7 @@ from .io.latent_file import check_compatible, load_latents, save_latents
 from .io.listing import MEDIA_SUFFIXES, list_files
 from .io.video import VideoReader, VideoWriter, frames_to_tensor, tensor_to_frames
 from .latents import denormalize_latents, normalize_latents
-from .metrics import psnr_per_frame, ssim_per_frame
+from .metrics import group_position_stats, psnr_per_frame, ssim_per_frame
 from .models.frames import num_latent_frames, pad_size
 from .models.streaming import StreamingAutoencoder, TILE_SAMPLE_OVERLAP
 from .runtime import release_memory
@@ -205,6 +205,9 @@ def reconstruct_file(vae: StreamingAutoencoder, video_path, out_path, *, metrics
             "ssim_mean": float(sum(ssims) / len(ssims)),
             "psnr_per_frame": [_finite(p) for p in psnrs], "ssim_per_frame": ssims,
         }
+        stats = group_position_stats(report["psnr_per_frame"], vae.temporal_compression_ratio)
+        report["psnr_per_position"] = stats["per_position"]
+        report["first_vs_rest_gap"] = stats["first_vs_rest_gap"]
         if metrics_tmp is not None:
             metrics_tmp.write_text(json.dumps(report, indent=2))
     logger.info("reconstructed %d frames: PSNR %.2f dB, SSIM %.4f", len(psnrs),
