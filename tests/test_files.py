@@ -14,7 +14,7 @@ from videovae.data.synthetic import load_photo, pan_zoom_clip
 from videovae.io.latent_file import load_latents
 from videovae.io.video import VideoReader, frames_to_tensor, tensor_to_frames
 from videovae.io.video import write_video as write_clip
-from videovae.metrics import psnr_per_frame
+from videovae.metrics import group_position_stats, psnr_per_frame
 
 
 def _no_partial(d, stem):
@@ -201,6 +201,9 @@ def test_eval_and_latent_stats(tmp_path, model_dir):
     single = [reconstruct_file(vae, data / f"c{i}.mp4", None, progress=False) for i in range(2)]
     assert report["psnr_mean"] == pytest.approx(np.mean([r["psnr_mean"] for r in single]))
     assert [f["psnr"] for f in report["per_file"]] == [r["psnr_mean"] for r in single]
+    pooled = group_position_stats([r["psnr_per_frame"] for r in single])
+    assert report["psnr_per_position"] == pytest.approx(pooled["per_position"])
+    assert report["first_vs_rest_gap"] == pytest.approx(pooled["first_vs_rest_gap"])
 
     import shutil
 
@@ -221,3 +224,184 @@ def test_eval_and_latent_stats(tmp_path, model_dir):
     clip = frames_to_tensor(VideoReader(data / "c0.mp4").read_all()[:5])
     z = normalize_latents(vae.encode(clip).latent_dist.mode().detach(), vae.config)
     assert 0.5 < z.std().item() < 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing silently lost, nothing hidden
+
+
+def _rewrite_latents(src, dst, latents=None, **meta_changes):
+    """Copy a latent file with other latents and/or metadata fields."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta, z = dict(f.metadata()), f.get_tensor("latents")
+    meta.update(meta_changes)
+    save_file({"latents": z if latents is None else latents(z)}, str(dst), metadata=meta)
+
+
+def _left(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def test_nonfinite_latents_are_refused_not_decoded_to_black(tmp_path, model_dir, clip, capsys):
+    m = ["--model", str(model_dir), "--no-progress"]
+    lat = tmp_path / "z.safetensors"
+    assert cli(["encode", str(clip[0]), *m, "-o", str(lat)]) == 0
+
+    def poison(z):
+        z = z.clone()
+        z[0, 1, 2, 3] = float("nan")
+        z[1, 0, 0, 0] = float("inf")
+        return z
+
+    _rewrite_latents(lat, tmp_path / "nan.safetensors", latents=poison)
+    out = tmp_path / "out.mp4"
+    _fails(capsys, ["decode", str(tmp_path / "nan.safetensors"), *m, "-o", str(out)],
+           "nan.safetensors: latents hold 1 nan and 1 infinite values", out)
+    assert _left(tmp_path) == ["nan.safetensors", "z.safetensors"]
+
+
+def test_wrong_output_names_and_metadata_fail_with_the_file_and_field(tmp_path, model_dir, clip,
+                                                                      capsys):
+    m = ["--model", str(model_dir), "--no-progress"]
+    lat = tmp_path / "z.safetensors"
+    assert cli(["encode", str(clip[0]), *m, "-o", str(lat)]) == 0
+    _fails(capsys, ["decode", str(lat), *m, "-o", str(tmp_path / "x.safetensors")],
+           ".safetensors is not a video format (use .mp4", tmp_path / "x.safetensors")
+    _fails(capsys, ["encode", str(clip[0]), *m, "-o", str(tmp_path / "z.mp4")],
+           ".mp4 is not a latent file (use .safetensors)", tmp_path / "z.mp4")
+    out = tmp_path / "out.mp4"
+    for field, value, needle in (
+            ("height", "100000", "metadata height=100000 does not fit latents of height 5 "
+                                 "(they decode to 33..40 pixels)"),
+            ("fps", "0", "metadata fps=0 must be a positive number"),
+            ("fps", "nan", "metadata fps=nan must be a positive number"),
+            ("num_frames", "abc", "metadata num_frames='abc' is not an integer"),
+            ("num_frames", "40", "metadata num_frames=40 does not fit its 4 latent frames")):
+        bad = tmp_path / f"bad_{field}.safetensors"
+        _rewrite_latents(lat, bad, **{field: value})
+        _fails(capsys, ["decode", str(bad), *m, "-o", str(out)], f"{bad.name}: {needle}".lower(),
+               out)
+        bad.unlink()
+    assert _left(tmp_path) == ["z.safetensors"]
+
+
+def test_decode_and_reconstruct_keep_the_sample_aspect_ratio(tmp_path, model_dir):
+    from fractions import Fraction
+
+    import av
+    import imageio_ffmpeg
+
+    frames = pan_zoom_clip(load_photo("coffee"), 5, (32, 48))
+    src = tmp_path / "anamorphic.mp4"
+    gen = imageio_ffmpeg.write_frames(str(src), (48, 32), fps=10, macro_block_size=1,
+                                      output_params=["-vf", "setsar=4/3"],
+                                      ffmpeg_log_level="error")
+    gen.send(None)
+    for f in frames:
+        gen.send(np.ascontiguousarray(f))
+    gen.close()
+
+    def sar(path):
+        with av.open(str(path)) as c:
+            return c.streams.video[0].sample_aspect_ratio
+
+    assert sar(src) == Fraction(4, 3) and VideoReader(src).sample_aspect_ratio == (4, 3)
+    m = ["--model", str(model_dir), "--no-progress"]
+    lat = tmp_path / "z.safetensors"
+    assert cli(["encode", str(src), *m, "-o", str(lat)]) == 0
+    assert load_latents(lat)[1]["sample_aspect_ratio"] == (4, 3)
+    assert cli(["decode", str(lat), *m, "-o", str(tmp_path / "dec.mp4")]) == 0
+    assert cli(["reconstruct", str(src), *m, "-o", str(tmp_path / "rec.mp4")]) == 0
+    assert sar(tmp_path / "dec.mp4") == sar(tmp_path / "rec.mp4") == Fraction(4, 3)
+    square = tmp_path / "square.mp4"
+    write_clip(square, frames)
+    assert cli(["encode", str(square), *m, "-o", str(tmp_path / "sq.safetensors")]) == 0
+    assert "sample_aspect_ratio" not in load_latents(tmp_path / "sq.safetensors")[1]
+
+
+def _eval_data(root, n=3):
+    root.mkdir()
+    for i in range(n):
+        write_clip(root / f"c{i}.mp4", pan_zoom_clip(load_photo("astronaut"), 5, (32, 32),
+                                                     speed=1.0 + i))
+    return root
+
+
+def test_eval_records_any_failure_and_always_writes_its_report(tmp_path, model_dir, capsys,
+                                                               monkeypatch):
+    import videovae.files as files
+
+    data = _eval_data(tmp_path / "data")
+    real = files.reconstruct_file
+
+    def out_of_memory_on_c1(vae, path, *a, **k):
+        if path.name == "c1.mp4":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return real(vae, path, *a, **k)
+
+    monkeypatch.setattr(files, "reconstruct_file", out_of_memory_on_c1)
+    report = tmp_path / "report.json"
+    m = ["--model", str(model_dir), "--data", str(data), "--no-progress"]
+    assert cli(["eval", *m, "-o", str(report)]) == 0
+    assert "2 files, 10 frames" in capsys.readouterr().out
+    r = json.loads(report.read_text())
+    assert r["complete"] and r["files_total"] == 3 and r["files"] == 2
+    assert [f["file"] for f in r["failed"]] == [str(data / "c1.mp4")]
+    assert r["failed"][0]["error"].startswith("out of memory (CUDA out of memory")
+    assert "--tile" in r["failed"][0]["error"]
+
+    # interrupted on the third file: the first two are in the report, which says so
+    def interrupted_on_c2(vae, path, *a, **k):
+        if path.name == "c2.mp4":
+            raise KeyboardInterrupt
+        return real(vae, path, *a, **k)
+
+    monkeypatch.setattr(files, "reconstruct_file", interrupted_on_c2)
+    assert cli(["eval", *m, "-o", str(report), "--overwrite"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "videovae: interrupted"
+    r = json.loads(report.read_text())
+    assert not r["complete"] and r["files"] == 2 and r["failed"] == []
+    assert _left(tmp_path) == ["data", "report.json"]
+
+    # frames too large for the free memory: refused up front with the hint to tile; with tiles
+    # of 16 pixels the same files fit
+    monkeypatch.setattr(files, "reconstruct_file", real)
+    monkeypatch.setattr(files, "available_memory", lambda device: 2**20)
+    assert cli(["eval", *m, "-o", str(report), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none of the 3 files" in err[0], err
+    assert "32x32 frames need at least 2.1 MiB per chunk, 1.0 MiB is free; use --tile 16" in err[0]
+    r = json.loads(report.read_text())
+    assert r["files"] == 0 and len(r["failed"]) == 3 and r["psnr_mean"] is None
+    assert all("use --tile 16" in f["error"] for f in r["failed"])
+    assert cli(["eval", *m, "-o", str(report), "--overwrite", "--tile", "16",
+                "--tile-overlap", "8"]) == 0
+    assert json.loads(report.read_text())["files"] == 3
+
+
+def test_latent_stats_write_changes_config_json_only(tmp_path, model_dir):
+    import shutil
+
+    data = _eval_data(tmp_path / "data", n=1)
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    (model / "NOTES.md").write_text("my notes")
+    (model / "extra").mkdir()
+    (model / "extra" / "samples.txt").write_text("keep me")
+    weights = model / "diffusion_pytorch_model.safetensors"
+    before = (weights.read_bytes(), weights.stat().st_ino)
+    assert cli(["latent-stats", "--model", str(model), "--data", str(data), "--clips", "1",
+                "--num-frames", "5", "--resolution", "32", "--write", "--no-progress"]) == 0
+    assert _left(model) == ["NOTES.md", "config.json", "diffusion_pytorch_model.safetensors",
+                            "extra"]
+    assert (model / "NOTES.md").read_text() == "my notes"
+    assert (model / "extra" / "samples.txt").read_text() == "keep me"
+    assert (weights.read_bytes(), weights.stat().st_ino) == before
+    config = json.loads((model / "config.json").read_text())
+    old = json.loads((model_dir / "config.json").read_text())
+    assert config["scaling_factor"] != old["scaling_factor"]
+    assert {k: v for k, v in config.items() if k != "scaling_factor"} == \
+        {k: v for k, v in old.items() if k != "scaling_factor"}

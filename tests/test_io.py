@@ -101,3 +101,46 @@ def test_list_files_folder_and_manifests(tmp_path):
         list_files(tmp_path / "m.jsonl")
     with pytest.raises(VideoVAEError, match="no .* files found"):
         list_files(tmp_path / "sub", {".mp4"})
+
+
+def test_atomic_output_rechecks_the_target_when_it_publishes(tmp_path):
+    from videovae.io.atomic import atomic_output
+
+    def hidden():
+        return [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    # a file that appears while ours is written wins; ours is discarded, with an error
+    target = tmp_path / "out.bin"
+    with pytest.raises(FileExistsError, match="out.bin already exists"):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"mine")
+            target.write_bytes(b"theirs")
+    assert target.read_bytes() == b"theirs" and hidden() == []
+    # the same for a folder that appears with contents
+    folder = tmp_path / "model"
+    with pytest.raises(FileExistsError, match="model already exists"):
+        with atomic_output(folder, is_dir=True) as tmp:
+            (tmp / "a").write_text("mine")
+            folder.mkdir()
+            (folder / "b").write_text("theirs")
+    assert [p.name for p in folder.iterdir()] == ["b"] and hidden() == []
+    # --overwrite replaces a folder whole, leaving nothing of the old one beside it
+    with atomic_output(folder, is_dir=True, overwrite=True) as tmp:
+        (tmp / "a").write_text("mine")
+    assert [p.name for p in folder.iterdir()] == ["a"] and hidden() == []
+    # a file never replaces a folder, even with --overwrite
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        with atomic_output(folder, overwrite=True):
+            pass
+    assert (folder / "a").read_text() == "mine" and hidden() == []
+
+
+def test_json_reports_are_strict(tmp_path):
+    import json
+
+    from videovae.io.atomic import to_json, write_json
+
+    data = {"psnr": float("nan"), "per_clip": [1.0, float("inf"), -float("inf")], "n": 3}
+    assert json.loads(to_json(data)) == {"psnr": None, "per_clip": [1.0, None, None], "n": 3}
+    write_json(tmp_path / "r.json", data)
+    assert "NaN" not in (tmp_path / "r.json").read_text()

@@ -10,11 +10,15 @@ from videovae.metrics import group_position_stats, psnr_per_frame, ssim_per_fram
 def test_group_position_stats():
     # frames: 0 | 1 2 3 4 | 5 6 7 8 ; group firsts are 0, 1, 5
     scores = [30.0, 28.0, 20.0, 21.0, 22.0, 26.0, 23.0, 24.0, 25.0]
-    s = group_position_stats(scores, 4)
+    s = group_position_stats([scores], 4)
     assert s["per_position"] == [pytest.approx(28.0), 21.5, 22.5, 23.5]
     assert s["first_vs_rest_gap"] == pytest.approx(28.0 - (20 + 21 + 22 + 23 + 24 + 25) / 6)
-    assert group_position_stats([30.0], 4) == {"per_position": [30.0, None, None, None],
-                                              "first_vs_rest_gap": None}
+    assert group_position_stats([[30.0]], 4) == {"per_position": [30.0, None, None, None],
+                                                "first_vs_rest_gap": None}
+    # clips are pooled frame by frame: each starts its own frame 0
+    pooled = group_position_stats([scores, [10.0, 12.0, 14.0]], 4)
+    assert pooled["per_position"][0] == pytest.approx((30 + 28 + 26 + 10 + 12) / 5)
+    assert pooled["per_position"][1] == pytest.approx((20 + 23 + 14) / 3)
 
 
 def test_psnr_and_ssim_of_known_errors():

@@ -1,12 +1,33 @@
 """videovae: causal 3D video VAEs that inflate image VAEs, stream long videos exactly and train
-with Accelerate."""
+with Accelerate.
 
-from . import convert  # noqa: F401  (registers the image-VAE inflaters with the model registry)
-from .models import (DiagonalGaussianDistribution, VideoVAE, families, frame_counts_for,
-                     load_model, num_latent_frames, pad_frames, pad_size, pad_video)
+The public names are imported on first use (module `__getattr__`), so `videovae --help` and the
+command line's one-line errors do not pay for importing torch and diffusers.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["VideoVAE", "DiagonalGaussianDistribution", "load_model", "families",
-           "num_latent_frames", "frame_counts_for", "pad_frames", "pad_size", "pad_video",
-           "__version__"]
+# public name -> the module that defines it
+_EXPORTS = {
+    "VideoVAE": "videovae.models", "DiagonalGaussianDistribution": "videovae.models",
+    "load_model": "videovae.models", "families": "videovae.models",
+    "num_latent_frames": "videovae.models", "frame_counts_for": "videovae.models",
+    "pad_frames": "videovae.models", "pad_size": "videovae.models", "pad_video": "videovae.models",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'videovae' has no attribute {name!r}")
+    importlib.import_module("videovae.convert")  # registers the image-VAE inflaters
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])

@@ -1,14 +1,28 @@
-"""The `videovae` command line (also `python -m videovae`)."""
+"""The `videovae` command line (also `python -m videovae`).
+
+Parsing, `--help` and the checks of paths and names run before torch and diffusers are imported
+(each command imports what it needs), so mistakes are reported in a fraction of a second. Every
+failure is one line on stderr and a non-zero exit; SIGTERM is handled like Ctrl-C, so no
+temporary file is left behind.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from pathlib import Path
 
 from . import __version__
+from .errors import one_line
 
 logger = logging.getLogger("videovae")
+
+# Defaults shown in --help without importing the models (tests/test_cli.py checks them against
+# videovae.models.streaming and videovae.latents).
+HELP_DEFAULTS = {"chunk_frames": 16, "decode_chunk": 4, "tile_overlap": 64}
+IMAGE_VAE_TYPES = ("flux", "sd", "sd3", "sdxl")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,8 +99,10 @@ def cmd_eval(args) -> None:
     report = evaluate_files(_load(args), args.data, args.output, max_files=args.max_files,
                             backend=args.backend, progress=not args.no_progress,
                             overwrite=args.overwrite)
+    failed = f", {len(report['failed'])} failed (listed in the report)" if report["failed"] else ""
     print(f"{report['files']} files, {report['frames']} frames: PSNR {report['psnr_mean']:.2f} "
-          f"dB, SSIM {report['ssim_mean']:.4f}" + (f"; wrote {args.output}" if args.output else ""))
+          f"dB, SSIM {report['ssim_mean']:.4f}{failed}" +
+          (f"; wrote {args.output}" if args.output else ""))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -133,8 +149,11 @@ def cmd_learnability(args) -> None:
 
 def cmd_latent_stats(args) -> None:
     import json
+    import math
 
-    from .io.atomic import atomic_output
+    from .config import read_model_config
+    from .errors import VideoVAEError
+    from .io.atomic import atomic_output, write_json
     from .latents import config_updates, measure_latent_stats
     from .models.registry import load_model
     from .runtime import pick_device
@@ -149,10 +168,14 @@ def cmd_latent_stats(args) -> None:
     if args.output:
         with atomic_output(args.output, overwrite=True) as tmp:
             tmp.write_text(json.dumps(stats, indent=2))
-    if args.write:
-        vae.register_to_config(**updates)
-        with atomic_output(args.model, is_dir=True, overwrite=True) as tmp:
-            vae.save_pretrained(tmp)
+    if args.write:  # only config.json changes; the folder's other files stay as they are
+        bad = [k for k, v in updates.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise VideoVAEError(f"measured {', '.join(bad)} are not finite; {args.model} is "
+                                "left unchanged")
+        config = read_model_config(args.model)
+        config.update(updates)
+        write_json(Path(args.model) / "config.json", config, overwrite=True)
         print(f"updated {args.model}/config.json")
 
 
@@ -176,8 +199,6 @@ def cmd_demo(args) -> None:
 
 
 def _model_options(s, reads_video: bool, output_help: str | None = None) -> None:
-    from .models.streaming import DECODE_CHUNK_LATENTS, ENCODE_CHUNK_FRAMES, TILE_SAMPLE_OVERLAP
-
     s.add_argument("--model", required=True,
                    help="model folder of any family (config.json + weights)")
     if output_help:  # optional output
@@ -189,13 +210,14 @@ def _model_options(s, reads_video: bool, output_help: str | None = None) -> None
     if reads_video:
         s.add_argument("--chunk-frames", type=int, default=None,
                        help="frames read and encoded per streamed step, a multiple of the "
-                            f"temporal ratio (default {ENCODE_CHUNK_FRAMES}); bounds memory")
+                            f"temporal ratio (default {HELP_DEFAULTS['chunk_frames']}); bounds "
+                            "memory")
     s.add_argument("--decode-chunk", type=int, default=None,
-                   help=f"latent frames per decode step (default {DECODE_CHUNK_LATENTS})")
+                   help=f"latent frames per decode step (default {HELP_DEFAULTS['decode_chunk']})")
     s.add_argument("--tile", type=int, default=None,
-                   help="spatial tile size in pixels (default: no tiling)")
-    s.add_argument("--tile-overlap", type=int, default=TILE_SAMPLE_OVERLAP,
-                   help="tile overlap in pixels")
+                   help="spatial tile size in pixels (default: no tiling); for large frames")
+    s.add_argument("--tile-overlap", type=int, default=None,
+                   help=f"tile overlap in pixels (default {HELP_DEFAULTS['tile_overlap']})")
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--overwrite", action="store_true")
     if reads_video:
@@ -205,9 +227,6 @@ def _model_options(s, reads_video: bool, output_help: str | None = None) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .latents import KNOWN_IMAGE_VAES
-    from .models.registry import families
-
     p = argparse.ArgumentParser(prog="videovae", description=__doc__)
     p.add_argument("--version", action="version", version=f"videovae {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -216,9 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inflate", help="inflate an image VAE checkpoint into a video VAE")
     s.add_argument("--image-vae", required=True,
                    help="diffusers AutoencoderKL folder, or one .safetensors/.ckpt file")
-    s.add_argument("--arch", default="cv", choices=families(), help="video VAE family")
+    s.add_argument("--arch", default="cv", help="video VAE family (default: cv)")
     s.add_argument("--config", help="YAML of VideoVAE settings (top level or under `model:`)")
-    s.add_argument("--image-vae-type", choices=sorted(KNOWN_IMAGE_VAES),
+    s.add_argument("--image-vae-type", choices=IMAGE_VAE_TYPES,
                    help="latent scaling to use when the checkpoint does not say")
     s.add_argument("-o", "--output", required=True, help="output model folder")
     s.add_argument("--overwrite", action="store_true")
@@ -330,22 +349,80 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ----------------------------------------------------------------------------------------------
+# Cheap checks before the heavy imports
+
+
+def _precheck(args) -> None:
+    """What can be checked without torch: inputs exist, outputs can be written, names fit."""
+    from .config import read_model_config
+    from .io.atomic import check_output_path
+    from .io.listing import LATENT_SUFFIX, WRITABLE_VIDEO_SUFFIXES, check_output_suffix
+
+    cmd = args.command
+    if cmd in ("encode", "reconstruct"):
+        _require(args.video, "video")
+    if cmd == "decode":
+        _require(args.latents, "latent file")
+    if cmd in ("eval", "latent-stats", "extract", "learnability"):
+        _require(args.data, "data path")
+    models = getattr(args, "model", None)
+    for model in models if isinstance(models, list) else [models] if models else []:
+        read_model_config(model)
+    output = getattr(args, "output", None)
+    if output is None or cmd in ("train", "demo", "latent-stats", "extract"):
+        return  # (extract resumes an existing output folder)
+    if cmd == "encode":
+        check_output_suffix(output, (LATENT_SUFFIX,), "a latent file")
+    elif cmd in ("decode", "reconstruct"):
+        check_output_suffix(output, WRITABLE_VIDEO_SUFFIXES, "a video format")
+    check_output_path(Path(output), args.overwrite, is_dir=cmd == "inflate")
+
+
+def _require(path, what: str) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that temporary outputs are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .runtime import setup_cpu, setup_logging
-
-    setup_logging(args.verbose)
-    setup_cpu()
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    try:
+        _precheck(args)
+        from .runtime import setup_cpu, setup_logging
+
+        setup_logging(args.verbose)
+        setup_cpu()
         args.func(args)
+    except Terminated:
+        print("videovae: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("videovae: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, KeyError) as e:
+    except (ValueError, OSError, RuntimeError, KeyError, MemoryError) as e:
         if args.verbose:
             logger.exception("failed")
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"videovae {args.command}: error: {msg}", file=sys.stderr)
+        print(f"videovae {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,19 +1,22 @@
-"""YAML configs loaded into dataclasses, with `key=value` / `section.key=value` overrides.
+"""YAML configs loaded into dataclasses, with `key=value` / `section.key=value` overrides, and
+the `config.json` of a model folder.
 
 Each section is a dataclass whose fields hold its defaults (model settings are the keyword
 arguments of a model family, checked by `videovae.training.config`). Unknown keys are errors.
+This module does not import torch (the command line checks a model folder before loading it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelLoadError
 
 
 def load_yaml(path) -> dict:
@@ -117,3 +120,19 @@ def to_flat_dict(obj, prefix: str = "") -> dict:
         else:
             out[key] = str(v)
     return out
+
+
+def read_model_config(model_dir) -> dict:
+    """config.json of a model folder, with errors that name the folder."""
+    model_dir = Path(model_dir)
+    cfg_file = model_dir / "config.json"
+    if not cfg_file.is_file():
+        raise ModelLoadError(f"no model at {model_dir} (expected config.json and "
+                             "diffusion_pytorch_model.safetensors)")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{cfg_file} must hold a JSON object")
+    return cfg

@@ -42,17 +42,18 @@ def mean_psnr_ssim(x: torch.Tensor, rec: torch.Tensor) -> tuple[float, float]:
     return psnr_per_frame(x, rec).mean().item(), ssim_per_frame(x, rec).mean().item()
 
 
-def group_position_stats(per_frame: list[float], ratio: int = 4) -> dict:
-    """Quality by position inside the compression groups of a clip's per-frame scores.
+def group_position_stats(clips: list[list[float]], ratio: int = 4) -> dict:
+    """Quality by position inside the compression groups, pooled over clips of per-frame scores.
 
-    Frame 0 is its own group (position 0); frame i >= 1 sits at position (i - 1) % ratio of its
-    group. Returns the mean score per position, and the first-versus-rest gap: the mean over
-    each group's first frame minus the mean over the other frames (the saw-tooth that shows as
-    flicker; None for clips with no frame after a group's first)."""
-    positions = [0] + [(i - 1) % ratio for i in range(1, len(per_frame))]
-    by_pos = [[v for v, p in zip(per_frame, positions) if p == k] for k in range(ratio)]
-    first = by_pos[0]
+    Frame 0 of a clip is its own group (position 0); frame i >= 1 sits at position
+    (i - 1) % ratio of its group. Returns the mean score per position, and the first-versus-rest
+    gap: the mean over each group's first frame minus the mean over the other frames (the
+    saw-tooth that shows as flicker; None when no clip has a frame after a group's first)."""
+    by_pos = [[] for _ in range(ratio)]
+    for scores in clips:
+        for i, v in enumerate(scores):
+            by_pos[0 if i == 0 else (i - 1) % ratio].append(v)
     rest = [v for k in range(1, ratio) for v in by_pos[k]]
     return {"per_position": [sum(v) / len(v) if v else None for v in by_pos],
-            "first_vs_rest_gap": (sum(first) / len(first) - sum(rest) / len(rest)) if rest
-            else None}
+            "first_vs_rest_gap": (sum(by_pos[0]) / len(by_pos[0]) - sum(rest) / len(rest))
+            if rest else None}

@@ -148,3 +148,34 @@ def test_cli_inflate_writes_model_and_fails_cleanly(sd_vae, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad_out")]
     rc = cli_main(["inflate", "--image-vae", str(tmp_path / "vae"), "-o", str(out)])
     assert rc != 0 and "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("widths, expected", [((8,), []), ((8, 16), [True]),
+                                              ((8, 16, 16), [True, True]),
+                                              ((8, 16, 16, 16), [True, False, True]),
+                                              ((8, 8, 16, 16, 16), [True, False, True, False])])
+def test_temporal_downsample_follows_the_number_of_levels(tmp_path, capsys, widths, expected):
+    """Without temporal_downsample, an image VAE of any depth inflates (4x in time where there
+    are two or more downsampling levels) and the log says which; the CLI writes it."""
+    tiny_image_vae(widths=widths).save_pretrained(tmp_path / "vae")
+    out = tmp_path / "video_vae"
+    assert cli_main(["inflate", "--image-vae", str(tmp_path / "vae"), "-o", str(out)]) == 0
+    video = VideoVAE.from_pretrained(out).eval()
+    ratio = 2 ** sum(expected)
+    assert list(video.config.temporal_downsample) == expected
+    assert video.temporal_compression_ratio == ratio
+    assert f"compression {ratio}x" in capsys.readouterr().out
+    image_vae = tiny_image_vae(widths=widths)
+    x = random_video(t=1 + ratio, h=16, w=16)
+    with torch.no_grad():
+        assert video.encode(x).latent_dist.mean.shape[2] == 2
+        ref = image_vae.encode(x[:, :, 0]).latent_dist.mean
+        assert (video.encode(x[:, :, :1]).latent_dist.mean[:, :, 0] - ref).abs().max() < TOL
+
+
+def test_inflation_logs_the_derived_temporal_downsample(caplog):
+    from videovae.convert import inflate_from_model
+
+    caplog.set_level("INFO", logger="videovae")
+    inflate_from_model(tiny_image_vae(widths=(8, 16)))
+    assert "2-level image VAE: temporal_downsample=[True] (2x in time)" in caplog.text

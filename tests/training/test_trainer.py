@@ -23,7 +23,17 @@ from videovae.training.losses import VAELoss
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = ["model.block_out_channels=[8,16,16,16]", "model.layers_per_block=1",
               "model.norm_num_groups=4"]
+# one small synthetic clip per step: for the tests that are about the loop, not the data
+SMALL_DATA = "data.sources=[{type: synthetic, num_frames: 5, resolution: 32, batch_size: 1}]"
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
 
 
 def _overrides(out, steps, extra=()):
@@ -93,21 +103,152 @@ def test_overfit_lowers_reconstruction_loss(tmp_path):
     assert report["step"] == 50 and report["psnr"] == pytest.approx(np.mean(psnr), abs=1e-4)
 
 
-def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
+def _nan_loss_at(monkeypatch, bad_steps):
+    """Make the generator loss NaN at the given 0-based step arguments (metrics step s + 1)."""
     real = VAELoss.generator_loss
 
     def flaky(self, x, x_hat, posterior, z, step, *a, **k):
         loss, logs = real(self, x, x_hat, posterior, z, step, *a, **k)
-        return (loss * float("nan") if step == 1 else loss), logs
+        return (loss * float("nan") if bad_steps(step) else loss), logs
 
     monkeypatch.setattr(VAELoss, "generator_loss", flaky)
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch, caplog):
+    _nan_loss_at(monkeypatch, lambda step: step == 1)
     out = tmp_path / "nan"
-    _run(_overrides(out, 4))
+    _run(_overrides(out, 4, [SMALL_DATA]))
     m = _metrics(out)
     assert [r["step"] for r in m] == [1, 2, 3, 4]
     assert m[-1]["train/nonfinite_steps"] == 1
     assert all(np.isfinite(r["train/rec"]) for r in m if r["step"] != 2)
+    assert m[1]["train/grad_norm"] is None  # valid JSON: null, not NaN
+    # the warning names the step as metrics.jsonl does
+    warned = [r.getMessage() for r in caplog.records if "non-finite" in r.getMessage()]
+    assert warned and warned[0].startswith("step 2: non-finite"), warned
     assert (out / "final" / "config.json").is_file()
+
+
+def test_divergence_stops_with_an_error_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                           monkeypatch, capsys):
+    """Non-finite from step 3 on: steps 3, 4, 5 are skipped, the third in a row ends the run;
+    checkpoint-2 is the last good one (none is written at step 4), no final model."""
+    from videovae.cli import main as cli
+
+    _nan_loss_at(monkeypatch, lambda step: step >= 2)
+    out = tmp_path / "diverged"
+    rc = cli(["train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
+              *_overrides(out, 20, ["train.max_nonfinite_steps=3", "train.checkpoint_every=2",
+                                    "train.checkpoints_total_limit=1", SMALL_DATA])])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"videovae train: error: training diverged at step 5: 3 non-finite steps "
+                       f"in a row (train.max_nonfinite_steps=3); no model saved, the last good "
+                       f"checkpoint is {out / 'checkpoints' / 'checkpoint-2'} (lower optim.lr, "
+                       "or see train.max_nonfinite_steps)")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert not (out / "final").exists()
+    assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4, 5]
+
+
+def test_a_model_with_nan_outputs_is_never_saved(tmp_path, monkeypatch, capsys):
+    """Weights broken by an update whose loss was finite: the validation JSON stays valid JSON
+    (null and a flag), the run fails and writes no final model."""
+    from videovae.cli import main as cli
+    from videovae.training.step import Stepper
+
+    real = Stepper.generator
+
+    def breaks_weights(self, batches, step):
+        result = real(self, batches, step)
+        if step == 1:
+            with torch.no_grad():
+                self.vae.decoder.conv_out.bias.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(Stepper, "generator", breaks_weights)
+    out = tmp_path / "nan_model"
+    rc = cli(["train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
+              *_overrides(out, 3, ["train.max_nonfinite_steps=0", "train.checkpoint_every=0",
+                                   "train.ema_decay=0", SMALL_DATA])])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "training diverged at step 3: the final model's validation outputs are not " \
+           "finite; no model saved" in err[-1], err
+    assert not (out / "final").exists() and not (out / "checkpoints").exists()
+
+    def no_nan(token):
+        raise AssertionError(f"bare {token} in JSON")
+
+    report = json.loads((out / "val" / "step-0000003.json").read_text(), parse_constant=no_nan)
+    assert report["psnr"] is None and report["psnr_per_clip"] == [None] and report["nonfinite"]
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=no_nan)
+
+
+def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_path,
+                                                                            monkeypatch, caplog):
+    """The process dies at step 4 between the weights and the optimizer file of checkpoint-4,
+    with checkpoints_total_limit=1: checkpoint-2 survives, `latest` resumes from it, and
+    metrics.jsonl does not list the replayed steps twice. (That a resume is exact is
+    test_resume_gives_the_same_losses.)"""
+    import accelerate.checkpointing as ckpt
+
+    class Killed(BaseException):
+        pass
+
+    real_save = ckpt.save
+
+    def dies_after_the_weights(obj, f, *a, **k):
+        if "checkpoint-4" in str(f) and Path(f).name == "optimizer.bin":
+            assert (Path(f).parent / "model.safetensors").is_file()  # the weights came first
+            Path(f).write_bytes(b"")  # the half-written file a SIGKILL leaves
+            raise Killed
+        return real_save(obj, f, *a, **k)
+
+    out = tmp_path / "run"
+    extra = ["train.checkpoints_total_limit=1", "train.checkpoint_every=2", "train.ema_decay=0",
+             SMALL_DATA]
+    monkeypatch.setattr(ckpt, "save", dies_after_the_weights)
+    with pytest.raises(Killed):
+        _run(_overrides(out, 4, extra))
+    monkeypatch.undo()
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == [".checkpoint-4.partial", "checkpoint-2"]
+    assert (ckpts / ".checkpoint-4.partial" / "optimizer.bin").stat().st_size == 0
+    assert (ckpts / "checkpoint-2" / "optimizer.bin").stat().st_size > 0
+    before = _metrics(out)
+    assert [r["step"] for r in before] == [1, 2, 3, 4]
+
+    _reset_accelerate()
+    caplog.set_level("INFO", logger="videovae")
+    _run(_overrides(out, 4, [*extra, "train.resume_from=latest"]))
+    assert f"resumed from {ckpts / 'checkpoint-2'} at step 2" in caplog.text
+    assert sorted(p.name for p in ckpts.iterdir()) == ["checkpoint-4"]
+    after = _metrics(out)
+    assert [r["step"] for r in after] == [1, 2, 3, 4]
+    assert after[:2] == before[:2]
+    assert (out / "final" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_a_data_folder_of_only_corrupt_files_gives_the_reason(tmp_path, capsys):
+    from videovae.cli import main as cli
+
+    data = tmp_path / "corrupt"
+    data.mkdir()
+    for i in range(3):
+        (data / f"bad{i}.mp4").write_bytes(b"\x00\x00\x00 ftypisom" + b"x" * 100)
+    out = tmp_path / "run"
+    rc = cli(["train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
+              *_overrides(out, 3, ["data.num_workers=1",
+                                   "data.sources=[{name: clips, type: video, path: " + str(data) +
+                                   ", num_frames: 5, resolution: 32}]"])])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"videovae train: error: source clips ({data}): 20 unreadable "
+                              f"files in a row, the last {data}/bad"), err[-1]
+    assert "cannot read" in err[-1] and "DataLoader" not in err[-1]
+    assert not (out / "final").exists() and not (out / "checkpoints").exists()
 
 
 def test_from_image_vae_with_regularization(tmp_path):

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL
 
 from ..errors import ImageVAEError
 from ..models import VideoVAE
+from ..models.autoencoder_cv import default_temporal_downsample
 from ..models.registry import register_inflater
 from .checkpoints import load_image_vae
 
@@ -64,8 +65,15 @@ def inflate_state_dict(video_vae, image_state: dict) -> None:
 
 
 def inflate_cv(image_vae: AutoencoderKL, where: str = "the image VAE", **overrides) -> VideoVAE:
-    """A `cv` video VAE from an in-memory diffusers `AutoencoderKL`."""
+    """A `cv` video VAE from an in-memory diffusers `AutoencoderKL`. Without a given
+    `temporal_downsample`, it follows from the number of levels
+    (`default_temporal_downsample`: 4x where there are two or more downsampling levels)."""
     cfg = video_config_from_image(image_vae.config)
+    if "temporal_downsample" not in overrides:
+        levels = len(cfg["block_out_channels"])
+        cfg["temporal_downsample"] = list(default_temporal_downsample(levels))
+        logger.info("%d-level image VAE: temporal_downsample=%s (%dx in time)", levels,
+                    cfg["temporal_downsample"], 2 ** sum(cfg["temporal_downsample"]))
     for key, value in overrides.items():
         if key in ARCH_KEYS:
             have = cfg[key]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import VideoVAEError
 from .sources import ClipSource, SourceConfig
 
 
@@ -26,7 +27,9 @@ class DataConfig:
 
 
 class StepBatches(Dataset):
-    """Item `s` is the whole batch of micro-step `s`: {"pixels", "source", "skipped"}."""
+    """Item `s` is the whole batch of micro-step `s`: {"pixels", "source", "skipped"}, or
+    {"error": reason} when its source has too many unreadable files (a loader worker's own
+    exception would reach the trainer as "Caught ... in DataLoader worker process 0")."""
 
     def __init__(self, sources: list[ClipSource], seed: int, rank: int):
         self.sources = sources
@@ -45,7 +48,10 @@ class StepBatches(Dataset):
         src = self.sources[j]
         clips, skipped = [], 0
         for _ in range(src.cfg.batch_size):
-            clip, k = src.sample(rng)
+            try:
+                clip, k = src.sample(rng)
+            except VideoVAEError as e:
+                return {"error": str(e)}
             clips.append(clip)
             skipped += k
         return {"pixels": torch.stack(clips), "source": j, "skipped": skipped}

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import VideoVAEError
+from ..errors import VideoVAEError, one_line
 from ..io.listing import IMAGE_SUFFIXES, MEDIA_SUFFIXES, list_files
 from ..io.video import VideoReader
 from .synthetic import TRAIN_PHOTOS, load_photo, pan_zoom_clip
@@ -92,7 +92,7 @@ class ClipSource:
                              scale=float(rng.uniform(0.5, 1.5)))
 
     def sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
-        skipped = 0
+        skipped, reason = 0, ""
         for _ in range(MAX_RETRIES):
             if self.cfg.type == "synthetic":
                 frames = self._synthetic(rng)
@@ -102,8 +102,9 @@ class ClipSource:
                     frames = self._read(path, rng)
                 except Exception as e:  # noqa: BLE001 - any unreadable file is skipped
                     skipped += 1
-                    logger.warning("skipping unreadable %s: %s", path,
-                                   str(e).strip().splitlines()[0] if str(e).strip() else e)
+                    reason = f"{path}: {one_line(e)}"
+                    logger.warning("skipping unreadable %s", reason)
                     continue
             return to_clip(frames, self.size, rng, self.cfg.random_crop, self.cfg.hflip), skipped
-        raise RuntimeError(f"source {self.cfg.name}: {MAX_RETRIES} unreadable files in a row")
+        raise VideoVAEError(f"source {self.cfg.name} ({self.cfg.path}): {MAX_RETRIES} unreadable "
+                            f"files in a row, the last {reason}")

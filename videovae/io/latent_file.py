@@ -1,5 +1,6 @@
 """Latent files: safetensors with tensor `latents` (Z, T', h, w) (or batched) and string metadata
-that lets `decode` restore frame count, size and fps and refuse latents of another model.
+that lets `decode` restore frame count, size, fps and sample aspect ratio, and refuse latents of
+another model or metadata that does not fit them.
 `normalized: true` means `videovae.latents.normalize_latents` was applied, with the constants
 stored beside it.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import LatentFileError
-from ..models.frames import padded_frames
+from ..models.frames import frame_counts_for, num_latent_frames, padded_frames
 
 FORMAT = "videovae-latents-v1"
 REQUIRED = ("format", "num_frames", "fps", "height", "width", "config_hash", "normalized")
@@ -34,7 +36,8 @@ def config_hash(model) -> str:
 
 
 def save_latents(path, latents: torch.Tensor, model, *, num_frames: int, fps: float,
-                 height: int, width: int, normalized: bool, extra: dict | None = None) -> None:
+                 height: int, width: int, normalized: bool, extra: dict | None = None,
+                 sample_aspect_ratio: tuple[int, int] | None = None) -> None:
     """Write latents (unbatched (Z, T', h, w) or batched) of `model` with their metadata."""
     config = dict(model.config)
     meta = {
@@ -55,6 +58,8 @@ def save_latents(path, latents: torch.Tensor, model, *, num_frames: int, fps: fl
         "latents_mean": json.dumps(config.get("latents_mean")),
         "latents_std": json.dumps(config.get("latents_std")),
     }
+    if sample_aspect_ratio is not None:
+        meta["sample_aspect_ratio"] = f"{sample_aspect_ratio[0]}:{sample_aspect_ratio[1]}"
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     save_file({"latents": latents.detach().to("cpu", torch.float32).contiguous()}, str(path),
               metadata=meta)
@@ -87,13 +92,88 @@ def load_latents(path) -> tuple[torch.Tensor, dict]:
     parsed = dict(meta)
     for k in ("num_frames", "height", "width", "padded_frames", "padded_height", "padded_width"):
         if k in meta:
-            parsed[k] = int(meta[k])
-    parsed["fps"] = float(meta["fps"])
+            parsed[k] = _meta_int(path, meta, k, minimum=0 if k.startswith("padded") else 1)
+    parsed["fps"] = _meta_float(path, meta, "fps")
+    if meta["normalized"] not in ("true", "false"):
+        raise LatentFileError(f"{path}: metadata normalized={meta['normalized']!r} must be "
+                              "'true' or 'false'")
     parsed["normalized"] = meta["normalized"] == "true"
     for k in ("scaling_factor", "shift_factor", "latents_mean", "latents_std"):
         if k in meta:
-            parsed[k] = json.loads(meta[k])
+            try:
+                parsed[k] = json.loads(meta[k])
+            except json.JSONDecodeError:
+                raise LatentFileError(f"{path}: metadata {k}={meta[k]!r} is not JSON") from None
+    if "sample_aspect_ratio" in meta:
+        parsed["sample_aspect_ratio"] = _meta_ratio(path, meta["sample_aspect_ratio"])
     return latents, parsed
+
+
+def _meta_int(path, meta: dict, key: str, minimum: int) -> int:
+    raw = meta[key]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise LatentFileError(f"{path}: metadata {key}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise LatentFileError(f"{path}: metadata {key}={value} must be >= {minimum}")
+    return value
+
+
+def _meta_float(path, meta: dict, key: str) -> float:
+    raw = meta[key]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LatentFileError(f"{path}: metadata {key}={raw!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise LatentFileError(f"{path}: metadata {key}={raw} must be a positive number")
+    return value
+
+
+def _meta_ratio(path, raw: str) -> tuple[int, int]:
+    try:
+        num, den = (int(v) for v in raw.split(":"))
+    except ValueError:
+        num = den = 0
+    if num <= 0 or den <= 0:
+        raise LatentFileError(f"{path}: metadata sample_aspect_ratio={raw!r} is not N:D")
+    return num, den
+
+
+def check_latents(latents: torch.Tensor, meta: dict, model, path="latents") -> torch.Tensor:
+    """One unbatched (Z, T', h, w) latent tensor of `path` that `model` can decode into the
+    metadata's frame count and size, with finite values; errors name the file and the field."""
+    check_compatible(meta, model, path)
+    if latents.ndim == 5:
+        if latents.shape[0] != 1:
+            raise LatentFileError(f"{path} holds a batch of {latents.shape[0]} videos; decode "
+                                  "them one file at a time")
+        latents = latents[0]
+    zc = model.config.latent_channels
+    if latents.shape[0] != zc:
+        raise LatentFileError(f"{path} has {latents.shape[0]} latent channels, the model {zc}")
+    t_ratio, s_ratio = model.temporal_compression_ratio, model.spatial_compression_ratio
+    n = meta["num_frames"]
+    if latents.shape[1] != num_latent_frames(n, t_ratio):
+        raise LatentFileError(f"{path}: metadata num_frames={n} does not fit its "
+                              f"{latents.shape[1]} latent frames (they decode to "
+                              f"{_span(frame_counts_for(latents.shape[1], t_ratio))} frames)")
+    for key, size in (("height", latents.shape[2]), ("width", latents.shape[3])):
+        fits = range(max(1, (size - 1) * s_ratio + 1), size * s_ratio + 1)
+        if meta[key] not in fits:
+            raise LatentFileError(f"{path}: metadata {key}={meta[key]} does not fit latents of "
+                                  f"{key} {size} (they decode to {_span(fits)} pixels)")
+    bad = ~torch.isfinite(latents)
+    if bad.any():
+        nan = int(torch.isnan(latents).sum())
+        raise LatentFileError(f"{path}: latents hold {nan} NaN and {int(bad.sum()) - nan} "
+                              "infinite values; decoding them would give garbage")
+    return latents
+
+
+def _span(r: range) -> str:
+    return f"{r.start}..{r.stop - 1}" if len(r) > 1 else str(r.start)
 
 
 def check_compatible(meta: dict, model, path="latents") -> None:

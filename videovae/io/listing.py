@@ -1,5 +1,5 @@
 """Which files a data path names: a folder (scanned recursively) or a CSV/JSONL manifest with a
-`path` column. The one list of video and image suffixes the toolkit reads."""
+`path` column. The one list of video and image suffixes the toolkit reads and writes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m
                             ".mpeg"})
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 MEDIA_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
+# containers the H.264 writer can fill
+WRITABLE_VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".m4v")
+LATENT_SUFFIX = ".safetensors"
+
+
+def check_output_suffix(path, suffixes, what: str) -> None:
+    """Refuse an output name whose suffix is not one of `suffixes` (before any work is done)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in suffixes:
+        raise VideoVAEError(f"output {path}: {suffix or 'no suffix'} is not {what} "
+                            f"(use {', '.join(suffixes)})")
 
 
 def is_image(path) -> bool:

@@ -13,8 +13,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..errors import VideoReadError
-from .listing import is_image
+from ..errors import VideoReadError, one_line
+from .listing import WRITABLE_VIDEO_SUFFIXES, check_output_suffix, is_image
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,10 @@ class VideoReader:
     """Frames of a video file, decoded on demand.
 
     `backend`: "auto" (decord if installed, else PyAV), "decord", "pyav". Image files always
-    use PIL. Properties: `num_frames`, `fps`, `height`, `width`.
+    use PIL. Properties: `num_frames`, `fps`, `height`, `width`, `sample_aspect_ratio`.
     """
+
+    _sar: tuple[int, int] | None | bool = False  # False: not read yet
 
     def __init__(self, path, backend: str = "auto"):
         self.path = Path(path)
@@ -61,8 +63,7 @@ class VideoReader:
                 if i + 1 < len(candidates):
                     logger.debug("%s cannot read %s (%s)", self.backend, self.path, e)
                     continue
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-                raise VideoReadError(f"cannot read {self.path} as a video: {msg}") from e
+                raise VideoReadError(f"cannot read {self.path} as a video: {one_line(e)}") from e
         if self.num_frames == 0:
             raise VideoReadError(f"{self.path} has no frames")
 
@@ -103,6 +104,23 @@ class VideoReader:
             if not n:  # container does not say: count by decoding
                 n = sum(1 for _ in container.decode(stream))
             self.num_frames = n
+            self._sar = _ratio(stream.sample_aspect_ratio)
+
+    @property
+    def sample_aspect_ratio(self) -> tuple[int, int] | None:
+        """The source's pixel aspect ratio (num, den) when it is known and not square, else None
+        (read with PyAV, which decord does not expose)."""
+        if self._sar is False:
+            self._sar = None
+            if self.backend != "image":
+                try:
+                    import av
+
+                    with av.open(str(self.path)) as container:
+                        self._sar = _ratio(container.streams.video[0].sample_aspect_ratio)
+                except Exception as e:  # noqa: BLE001 - a nicety: unknown means square
+                    logger.debug("no sample aspect ratio for %s: %s", self.path, e)
+        return self._sar
 
     # ------------------------------------------------------------------ reading
     def iter_chunks(self, chunk_size: int = 16) -> Iterator[np.ndarray]:
@@ -121,8 +139,7 @@ class VideoReader:
             raise
         except Exception as e:  # noqa: BLE001
             raise VideoReadError(f"{self.path} is truncated or corrupt near frame {count}: "
-                                 f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
-                                 ) from e
+                                 f"{one_line(e)}") from e
         if count == 0:
             raise VideoReadError(f"{self.path} has no decodable frames")
 
@@ -189,20 +206,31 @@ class VideoReader:
         return np.concatenate(list(self.iter_chunks(64)), axis=0)
 
 
+def _ratio(value) -> tuple[int, int] | None:
+    """A PyAV Fraction as (num, den); None when unknown, invalid or square."""
+    if not value or value.numerator <= 0 or value.denominator <= 0 or value == 1:
+        return None
+    return int(value.numerator), int(value.denominator)
+
+
 class VideoWriter:
     """Writes uint8 RGB frames one chunk at a time with ffmpeg (H.264 by default).
 
     Odd sizes use 4:4:4 chroma (4:2:0 needs even sizes). `crf` 0 is lossless.
+    `sample_aspect_ratio` (num, den) is written into the stream when given.
     """
 
     def __init__(self, path, fps: float, height: int, width: int, crf: int = 10,
-                 codec: str = "libx264"):
+                 codec: str = "libx264", sample_aspect_ratio: tuple[int, int] | None = None):
         import imageio_ffmpeg
 
         self.path = Path(path)
+        check_output_suffix(self.path, WRITABLE_VIDEO_SUFFIXES, "a video format")
         self.size = (width, height)
         pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
         params = ["-crf", str(crf)] if codec == "libx264" else []
+        if sample_aspect_ratio:
+            params += ["-vf", f"setsar={sample_aspect_ratio[0]}/{sample_aspect_ratio[1]}"]
         fps_arg = float(Fraction(fps).limit_denominator(1001))
         self._gen = imageio_ffmpeg.write_frames(
             str(self.path), self.size, fps=fps_arg, codec=codec, pix_fmt_out=pix_fmt,

@@ -73,6 +73,14 @@ class Decoder3D(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(x)), state)
 
 
+def default_temporal_downsample(levels: int) -> tuple[bool, ...]:
+    """Which of the `levels - 1` downsampling levels also halve time when a config does not
+    say: 4x wherever there are two or more (CV-VAE's levels 0 and 2 when there are three or
+    more, else every level), 2x with one, none with a single level."""
+    n = max(levels - 1, 0)
+    return tuple(True for _ in range(n)) if n <= 2 else tuple(i in (0, 2) for i in range(n))
+
+
 @register_family("cv")
 class VideoVAE(StreamingAutoencoder, ConfigMixin):
     r"""Causal 3D-conv video VAE with a diffusers-compatible API.

@@ -2,18 +2,17 @@
 
 Families register their class (`register_family`); the conversion package registers the
 function that inflates an image VAE into a family (`register_inflater`), so models never
-import it.
+import it (`inflate` loads that plug-in by name on first use).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ..errors import ModelLoadError
+from ..config import read_model_config
+from ..errors import ModelLoadError, one_line
 
 _FAMILIES: dict[str, type] = {}  # arch name -> class
 _CLASS_NAMES: dict[str, type] = {}  # config.json `_class_name` -> class
@@ -48,25 +47,11 @@ def register_inflater(fn: Callable) -> None:
 
 def inflate(path, arch: str = "cv", **overrides):
     family_class(arch)  # a readable error for unknown names
-    if not _INFLATER:  # only when videovae.models is used without the package's __init__
-        raise ModelLoadError("no inflater registered: import videovae (not videovae.models alone)")
+    if not _INFLATER:  # the conversion package registers itself when imported; it is a plug-in
+        import importlib  # found by name, not a dependency of the models
+
+        importlib.import_module("videovae.convert")
     return _INFLATER[0](path, arch=arch, **overrides)
-
-
-def read_model_config(model_dir) -> dict:
-    """config.json of a model folder, with errors that name the folder."""
-    model_dir = Path(model_dir)
-    cfg_file = model_dir / "config.json"
-    if not cfg_file.is_file():
-        raise ModelLoadError(f"no model at {model_dir} (expected config.json and "
-                             "diffusion_pytorch_model.safetensors)")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{cfg_file} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ModelLoadError(f"{cfg_file} must hold a JSON object")
-    return cfg
 
 
 def model_class_for(model_dir) -> type:
@@ -80,7 +65,17 @@ def model_class_for(model_dir) -> type:
 
 def load_model(model_dir, device=None, dtype=torch.float32):
     """Any family's folder (config.json + diffusion_pytorch_model.safetensors), in eval mode
-    with gradients off."""
+    with gradients off. Errors name the folder; weights that are not finite (a diverged
+    training run) are refused."""
     cls = model_class_for(model_dir)
-    vae = cls.from_pretrained(str(model_dir), torch_dtype=dtype)
+    try:
+        vae = cls.from_pretrained(str(model_dir), torch_dtype=dtype)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise ModelLoadError(f"cannot load the model at {model_dir}: {one_line(e)}") from e
+    bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ModelLoadError(f"{model_dir} holds non-finite weights in {len(bad)} tensors "
+                             f"({bad[0]}, ...): a diverged training run?")
     return vae.to(device=device).eval().requires_grad_(False)

@@ -15,6 +15,8 @@ is all this module ever feeds them: 1 + n*r frames first, then n*r at a time.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Iterable, Iterator
 
 import torch
@@ -24,6 +26,7 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..errors import ModelLoadError
 from .distributions import DiagonalGaussianDistribution
 from .frames import (frame_counts_for, num_decoded_frames, pad_frames, pad_video,
                      repeat_last_frame)
@@ -36,6 +39,30 @@ ENCODE_CHUNK_FRAMES = 16  # frames per internal encode step (rounded up to the t
 DECODE_CHUNK_LATENTS = 4  # latent frames per internal decode step
 TILE_SAMPLE_SIZE, TILE_SAMPLE_OVERLAP = 256, 64  # spatial tiles, in pixels
 TILE_LATENT_FRAMES, TILE_LATENT_OVERLAP = 8, 2  # temporal tiles of non-causal decoders
+# Pixels are in [-1, 1]; inputs beyond this are refused as another scale (0..255 frames). The
+# margin leaves room for resampling overshoot.
+PIXEL_RANGE_LIMIT = 1.5
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_model_location(path) -> None:
+    """A model location is an existing folder, or else an `owner/name` hub id."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        return
+    if os.path.exists(p):
+        raise ModelLoadError(f"{p} is a file; a model is a folder (config.json + weights)")
+    if not _HUB_ID.fullmatch(p) or p.startswith((".", "/")) or ".." in p:
+        raise ModelLoadError(f"no model folder at {p} (and it is not an owner/name hub id)")
+
+
+def _raise_nonfinite(t: torch.Tensor, what: str):
+    nan = int(torch.isnan(t).sum())
+    inf = int(torch.isinf(t).sum())
+    raise ValueError(f"{what} with {nan} NaN and {inf} infinite values; the model would turn "
+                     "them into garbage")
 
 
 def init_posterior_logvar(moments_conv: nn.Module, latent_channels: int,
@@ -83,6 +110,13 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         self.tile_latent_overlap = TILE_LATENT_OVERLAP
 
     # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' loader, except that a path that is neither a folder nor an `owner/name`
+        hub id fails at once (diffusers would retry the hub for ~20 s when offline)."""
+        check_model_location(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     @classmethod
     def from_image_vae(cls, path, arch: str = "cv", **overrides):
         """Inflate an image VAE (diffusers folder or LDM single file) into a video VAE of family
@@ -149,7 +183,13 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
             self.decode_chunk_latents = decode_latents
 
     # ------------------------------------------------------------------ checks
-    def _check_video(self, x: torch.Tensor, what: str = "video") -> None:
+    def _checks_values(self) -> bool:
+        """Whether inputs are checked for NaN/Inf: always, except in a training step (train
+        mode with gradients on), where the trainer's non-finite-step policy handles them."""
+        return not (self.training and torch.is_grad_enabled())
+
+    def _check_video(self, x: torch.Tensor, what: str = "video") -> torch.Tensor:
+        """Shape, dtype and range checks; returns x cast to the model's dtype."""
         c = self.config.in_channels
         if not torch.is_tensor(x) or x.ndim != 5:
             shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
@@ -167,12 +207,28 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
             raise ValueError(f"{what} height and width must be multiples of {r}, got "
                              f"{x.shape[3]}x{x.shape[4]}; vae(x), the file API and the CLI pad "
                              "for you, or use videovae.pad_video")
+        if x.numel():
+            lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+            if lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+                if self._checks_values():
+                    _raise_nonfinite(x, what)
+            elif lo < -PIXEL_RANGE_LIMIT or hi > PIXEL_RANGE_LIMIT:
+                raise ValueError(f"{what} values span [{lo:g}, {hi:g}]; the model takes pixels in "
+                                 "[-1, 1] (for 0..255 frames use x / 127.5 - 1, for 0..1 "
+                                 "frames x * 2 - 1)")
+        return x.to(self.dtype)
 
-    def _check_latent(self, z: torch.Tensor) -> None:
+    def _check_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Shape and value checks; returns z cast to the model's dtype."""
         zc = self.config.latent_channels
         if not torch.is_tensor(z) or z.ndim != 5 or z.shape[1] != zc or z.shape[2] == 0:
             shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
             raise ValueError(f"latents must be (B, {zc}, T', h, w) with T' >= 1, got {shape}")
+        if not z.is_floating_point():
+            raise ValueError(f"latents must be a float tensor, got {z.dtype}")
+        if self._checks_values() and z.numel() and not bool(torch.isfinite(z.detach()).all()):
+            _raise_nonfinite(z, "latents")
+        return z.to(self.dtype)
 
     # ------------------------------------------------------------------ chunks and tiles
     def _spatially_tiled(self, x, fn, state, scale):
@@ -227,10 +283,11 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         """Encode (B, 3, T, H, W) in [-1, 1] (any T; H, W multiples of the spatial ratio).
 
         Frames are padded by repeating the last one up to 1 + r*k. Long clips are encoded in
-        chunks with carried causal caches, which equals one full pass.
+        chunks with carried causal caches, which equals one full pass. Any float dtype is cast
+        to the model's; NaN/Inf values and values far outside [-1, 1] (e.g. 0..255 frames) are
+        refused with a ValueError.
         """
-        self._check_video(x)
-        x = pad_frames(x, self.temporal_compression_ratio)
+        x = pad_frames(self._check_video(x), self.temporal_compression_ratio)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode_moments(xi) for xi in x.split(1)], dim=0)
         else:
@@ -240,8 +297,17 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
 
     @apply_forward_hook
     def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True):
-        """Decode (B, Z, T', h, w) into 1 + r*(T'-1) frames, trimmed to `num_frames` if given."""
-        self._check_latent(z)
+        """Decode (B, Z, T', h, w) into 1 + r*(T'-1) frames, trimmed to `num_frames` if given.
+
+        Latents of any float dtype are cast to the model's; NaN/Inf latents are refused. The
+        output is nominally in [-1, 1] but not clamped (as diffusers' AutoencoderKL: training
+        needs the gradient, and pipelines clamp when they convert to pixels); clamp before
+        converting to images.
+        """
+        x = self._decode_trimmed(self._check_latent(z), num_frames)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+    def _decode_trimmed(self, z, num_frames):
         if num_frames is not None:
             fits = frame_counts_for(z.shape[2], self.temporal_compression_ratio)
             if num_frames not in fits:
@@ -251,9 +317,7 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
             x = torch.cat([self._decode_all(zi) for zi in z.split(1)], dim=0)
         else:
             x = self._decode_all(z)
-        if num_frames is not None:
-            x = x[:, :, :num_frames]
-        return DecoderOutput(sample=x) if return_dict else (x,)
+        return x[:, :, :num_frames] if num_frames is not None else x
 
     def forward(self, sample: torch.Tensor, sample_posterior: bool = False,
                 return_dict: bool = True, generator: torch.Generator | None = None,
@@ -270,7 +334,9 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
             t, h, w = None, None, None  # encode() raises the readable error
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        dec = self.decode(z, num_frames=t).sample[..., :h, :w]
+        # the model's own latents: not checked as input (validation of a diverged model reports
+        # NaN metrics instead of stopping)
+        dec = self._decode_trimmed(z, t)[..., :h, :w]
         if return_posterior:
             return dec, posterior
         return DecoderOutput(sample=dec) if return_dict else (dec,)
@@ -284,7 +350,7 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         pending: list[torch.Tensor] = []
         count, first, ref = 0, True, None
         for chunk in chunks:
-            self._check_video(chunk, "chunk")
+            chunk = self._check_video(chunk, "chunk")
             if ref is None:
                 ref = (chunk.shape[0], *chunk.shape[3:])
             elif (chunk.shape[0], *chunk.shape[3:]) != ref:
@@ -328,14 +394,13 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
             # windows overlap in time, so collect the (small) latents and decode window by window
             latents = []
             for z in chunks:
-                self._check_latent(z)
-                latents.append(z)
+                latents.append(self._check_latent(z))
             if latents:
                 yield from self._temporal_tiles(torch.cat(latents, dim=2))
             return
         state = StreamState()
         for z in chunks:
-            self._check_latent(z)
+            z = self._check_latent(z)
             for piece in z.split(self.decode_chunk_latents, dim=2):
                 yield self._decode_chunk(piece, state)
 

@@ -1,25 +1,41 @@
 """Accelerate `save_state` checkpoints in `OUT/checkpoints/checkpoint-<step>`: listing, the one
-to resume from, saving with rotation."""
+to resume from, saving with rotation.
+
+A checkpoint is written into `OUT/checkpoints/.checkpoint-<step>.partial` and renamed to
+`checkpoint-<step>` only when every file of it is written, so a `checkpoint-<step>` folder is
+always complete and `train.resume_from=latest` never picks a half-written one. Older
+checkpoints are rotated out only after the new one is complete.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
+PREFIX = "checkpoint-"
+
 
 def list_checkpoints(out: Path) -> list[Path]:
-    """checkpoint-<step> folders under `out/checkpoints`, oldest first."""
-    ckpts = [p for p in (Path(out) / "checkpoints").glob("checkpoint-*")
-             if p.name[11:].isdigit()]
-    return sorted(ckpts, key=lambda p: int(p.name[11:]))
+    """Complete checkpoint-<step> folders under `out/checkpoints`, oldest first."""
+    ckpts = [p for p in (Path(out) / "checkpoints").glob(f"{PREFIX}*")
+             if p.name[len(PREFIX):].isdigit() and p.is_dir()]
+    return sorted(ckpts, key=lambda p: int(p.name[len(PREFIX):]))
 
 
 def checkpoint_path(out: Path, step: int) -> Path:
-    return Path(out) / "checkpoints" / f"checkpoint-{step}"
+    return Path(out) / "checkpoints" / f"{PREFIX}{step}"
+
+
+def _partial_path(out: Path, step: int) -> Path:
+    return Path(out) / "checkpoints" / f".{PREFIX}{step}.partial"
 
 
 def resume_path(resume_from: str | None, out: Path) -> Path | None:
-    """`latest` -> the newest checkpoint (None if there is none); a folder -> itself."""
+    """`latest` -> the newest complete checkpoint (None if there is none); a folder -> itself."""
     if not resume_from:
         return None
     if resume_from == "latest":
@@ -32,12 +48,38 @@ def resume_path(resume_from: str | None, out: Path) -> Path | None:
 
 
 def save_checkpoint(accelerator, out: Path, step: int, limit: int) -> Path:
-    """Save the full training state; keep at most `limit` checkpoints (0: keep all)."""
-    if accelerator.is_main_process and limit > 0:
-        ckpts = list_checkpoints(out)
-        for old in ckpts[: max(0, len(ckpts) - limit + 1)]:
-            shutil.rmtree(old)
+    """Save the full training state; keep at most `limit` checkpoints (0: keep all).
+
+    Every rank writes into the same partial folder (Accelerate's layout); the main process
+    publishes it by renaming and only then deletes the oldest checkpoints."""
+    path, partial = checkpoint_path(out, step), _partial_path(out, step)
+    if accelerator.is_main_process:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if partial.exists():  # left by a run that was killed while saving
+            shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    path = checkpoint_path(out, step)
-    accelerator.save_state(str(path))
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _publish(partial, path)
+        if limit > 0:
+            for old in list_checkpoints(out)[:-limit]:
+                if old != path:
+                    shutil.rmtree(old)
+    accelerator.wait_for_everyone()
     return path
+
+
+def _publish(partial: Path, path: Path) -> None:
+    """Rename the finished folder into place (an existing checkpoint of the same step, from a
+    run resumed from an earlier one, is replaced)."""
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(path, old)
+    os.rename(partial, path)
+    if old is not None:
+        shutil.rmtree(old)
+    logger.info("saved checkpoint %s", path)

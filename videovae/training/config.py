@@ -45,6 +45,7 @@ class RunConfig:
     checkpoint_every: int = 500
     checkpoints_total_limit: int = 3
     resume_from: str | None = None  # "latest" or a checkpoint-<step> folder
+    max_nonfinite_steps: int = 25  # this many non-finite steps in a row end the run (0: never)
     log_every: int = 10
     val_every: int = 500  # 0: only at the end
     gradient_checkpointing: bool = False
@@ -86,4 +87,6 @@ def load_train_config(path: str | None, overrides: list[str] = ()) -> TrainConfi
         raise ConfigError("train.mixed_precision must be no, bf16 or fp16")
     if cfg.train.grad_accum < 1 or cfg.train.max_steps < 1:
         raise ConfigError("train.grad_accum and train.max_steps must be >= 1")
+    if cfg.train.max_nonfinite_steps < 0:
+        raise ConfigError("train.max_nonfinite_steps must be >= 0 (0: never stop)")
     return cfg

@@ -4,19 +4,23 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..io.atomic import write_json
 from ..io.video import VideoWriter, tensor_to_frames
 from ..metrics import mean_psnr_ssim
 
 
 @torch.no_grad()
 def validate(vae, clips, out_dir: Path, step: int, accelerator) -> dict:
-    """Reconstruct the validation clips; write metrics JSON and an (input | output) grid video."""
+    """Reconstruct the validation clips; write metrics JSON and an (input | output) grid video.
+
+    Metrics that are not finite (a diverged model) are written as null with `"nonfinite":
+    true`, so the JSON stays valid; the caller decides what that means for the run."""
     was_training = vae.training
     vae.eval()
     device = next(vae.parameters()).device
@@ -36,7 +40,8 @@ def validate(vae, clips, out_dir: Path, step: int, accelerator) -> dict:
         wr.write(grid)
     result = {"step": step, "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
               "psnr_per_clip": psnrs, "ssim_per_clip": ssims}
-    (out_dir / f"step-{step:07d}.json").write_text(json.dumps(result, indent=2))
+    result["nonfinite"] = not all(math.isfinite(v) for v in [*psnrs, *ssims])
+    write_json(out_dir / f"step-{step:07d}.json", result)
     accelerator.log({"val/psnr": result["psnr"], "val/ssim": result["ssim"]}, step=step)
     with contextlib.suppress(Exception):  # the TensorBoard image is a nicety
         tb = accelerator.get_tracker("tensorboard", unwrap=True)
