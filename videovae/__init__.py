@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "VideoVAE": "videovae.models", "DiagonalGaussianDistribution": "videovae.models",
+    "VideoVAE": "videovae.models", "AutoencoderKTC": "videovae.models",
+    "DiagonalGaussianDistribution": "videovae.models",
     "load_model": "videovae.models", "families": "videovae.models",
     "num_latent_frames": "videovae.models", "frame_counts_for": "videovae.models",
     "pad_frames": "videovae.models", "pad_size": "videovae.models", "pad_video": "videovae.models",

@@ -40,8 +40,9 @@ def cmd_inflate(args) -> None:
         data = load_yaml(args.config)
         overrides = data.get("model", data)
     apply_overrides(overrides, args.overrides)
-    arch, overrides = split_model_config({**overrides, "arch": args.arch},
-                                         args.config or "overrides")
+    if args.arch:  # else the config's model.arch, else cv
+        overrides["arch"] = args.arch
+    arch, overrides = split_model_config(overrides, args.config or "overrides")
     with atomic_output(args.output, is_dir=True, overwrite=args.overwrite) as tmp:
         vae = inflate_image_vae(args.image_vae, arch=arch, image_vae_type=args.image_vae_type,
                                 **overrides)
@@ -235,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inflate", help="inflate an image VAE checkpoint into a video VAE")
     s.add_argument("--image-vae", required=True,
                    help="diffusers AutoencoderKL folder, or one .safetensors/.ckpt file")
-    s.add_argument("--arch", default="cv", help="video VAE family (default: cv)")
+    s.add_argument("--arch", default=None,
+                   help="video VAE family, cv or ktc (default: the config's model.arch, else cv)")
     s.add_argument("--config", help="YAML of VideoVAE settings (top level or under `model:`)")
     s.add_argument("--image-vae-type", choices=IMAGE_VAE_TYPES,
                    help="latent scaling to use when the checkpoint does not say")

@@ -2,7 +2,11 @@
 
 `cv`: each 2D kernel goes into the temporal tap that sees the current frame (the last tap of a
 causal conv, the middle tap of a non-causal one) with zeros elsewhere, so a one-frame video and
-every frame of a still clip give exactly the image VAE's latents and reconstructions.
+every frame of a still clip give exactly the image VAE's latents and reconstructions; the latent
+channels are the image VAE's.
+`ktc`: the image VAE goes into both channel halves (`inflate_ktc.py` states the rule), so the
+latent has twice the image VAE's channels, keyframe half first; per-channel `latents_mean` /
+`latents_std` are repeated for both halves.
 Each family's inflater is registered with the model registry, so that
 `VideoVAE.from_image_vae(path, arch=...)` finds it without the models importing this package.
 """
@@ -15,10 +19,11 @@ import torch
 from diffusers import AutoencoderKL
 
 from ..errors import ImageVAEError
-from ..models import VideoVAE
+from ..models import AutoencoderKTC, VideoVAE
 from ..models.autoencoder_cv import default_temporal_downsample
 from ..models.registry import register_inflater
 from .checkpoints import load_image_vae
+from .inflate_ktc import inflate_ktc_weights
 
 logger = logging.getLogger(__name__)
 
@@ -64,29 +69,59 @@ def inflate_state_dict(video_vae, image_state: dict) -> None:
     video_vae.load_state_dict(new)
 
 
-def inflate_cv(image_vae: AutoencoderKL, where: str = "the image VAE", **overrides) -> VideoVAE:
-    """A `cv` video VAE from an in-memory diffusers `AutoencoderKL`. Without a given
-    `temporal_downsample`, it follows from the number of levels
-    (`default_temporal_downsample`: 4x where there are two or more downsampling levels)."""
+def _family_config(image_vae, where: str, overrides: dict, derived: dict | None = None,
+                   stats_copies: int = 1, downsample=default_temporal_downsample) -> dict:
+    """The image VAE's config keys, then the family's `derived` architecture keys (overrides of
+    either must agree with them; other overrides are taken as given). Without a given
+    `temporal_downsample`, the family's `downsample(levels)` rule gives it (4x in time wherever
+    there are two or more downsampling levels). Per-channel latent statistics are repeated
+    `stats_copies` times."""
     cfg = video_config_from_image(image_vae.config)
-    if "temporal_downsample" not in overrides:
+    cfg.update(derived or {})
+    if "temporal_downsample" not in overrides:  # follows from the number of levels
         levels = len(cfg["block_out_channels"])
-        cfg["temporal_downsample"] = list(default_temporal_downsample(levels))
+        cfg["temporal_downsample"] = list(downsample(levels))
         logger.info("%d-level image VAE: temporal_downsample=%s (%dx in time)", levels,
                     cfg["temporal_downsample"], 2 ** sum(cfg["temporal_downsample"]))
+    for k in ("latents_mean", "latents_std"):
+        if cfg.get(k) is not None:
+            cfg[k] = list(cfg[k]) * stats_copies
+    fixed = (*ARCH_KEYS, *(derived or {}))
     for key, value in overrides.items():
-        if key in ARCH_KEYS:
+        if key in fixed:
             have = cfg[key]
             if (list(value) if isinstance(value, (list, tuple)) else value) != have:
-                raise ImageVAEError(f"{key}={value} disagrees with {where}, which has "
+                raise ImageVAEError(f"{key}={value} disagrees with {where}, which gives "
                                     f"{key}={have}")
         cfg[key] = value
-    video = VideoVAE(**cfg)
+    return cfg
+
+
+def inflate_cv(image_vae: AutoencoderKL, where: str = "the image VAE", **overrides) -> VideoVAE:
+    """A `cv` video VAE from an in-memory diffusers `AutoencoderKL`."""
+    video = VideoVAE(**_family_config(image_vae, where, overrides))
     inflate_state_dict(video, image_vae.state_dict())
     return video
 
 
-FAMILIES = {"cv": inflate_cv}  # arch -> in-memory inflater
+def _ktc_downsample(levels: int) -> tuple[bool, ...]:
+    """IV-VAE's rule: the last two downsampling levels halve time ((False, True, True) for the
+    SD layout's four levels)."""
+    n = max(levels - 1, 0)
+    return tuple(i >= n - 2 for i in range(n))
+
+
+def inflate_ktc(image_vae: AutoencoderKL, where: str = "the image VAE",
+                **overrides) -> AutoencoderKTC:
+    """A `ktc` video VAE (twice the latent channels) from an in-memory `AutoencoderKL`."""
+    derived = {"latent_channels": 2 * image_vae.config.latent_channels, "norm_type": "group"}
+    video = AutoencoderKTC(**_family_config(image_vae, where, overrides, derived, 2,
+                                            _ktc_downsample))
+    inflate_ktc_weights(video, image_vae.state_dict())
+    return video
+
+
+FAMILIES = {"cv": inflate_cv, "ktc": inflate_ktc}  # arch -> in-memory inflater
 
 
 def inflate_from_model(image_vae: AutoencoderKL, arch: str = "cv", where: str = "the image VAE",

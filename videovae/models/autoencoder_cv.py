@@ -8,12 +8,12 @@ Module names mirror diffusers' `AutoencoderKL`, so an image VAE inflates name by
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from .layers import CausalConv3d, DownBlock3D, FrameGroupNorm, MidBlock3D, UpBlock3D
+from .layers import (CausalConv3d, DownBlock3D, FrameGroupNorm, MidBlock3D, UpBlock3D,
+                     run_blocks)
 from .registry import register_family
 from .streaming import StreamingAutoencoder, init_posterior_logvar
 
@@ -36,12 +36,7 @@ class Encoder3D(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x, state=None):
-        x = self.conv_in(x, state)
-        for block in [*self.down_blocks, self.mid_block]:
-            if self.gradient_checkpointing and torch.is_grad_enabled() and state is None:
-                x = self._gradient_checkpointing_func(block, x)
-            else:
-                x = block(x, state)
+        x = run_blocks(self, [*self.down_blocks, self.mid_block], self.conv_in(x, state), state)
         return self.conv_out(F.silu(self.conv_norm_out(x)), state)
 
 
@@ -64,12 +59,7 @@ class Decoder3D(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, z, state=None):
-        x = self.conv_in(z, state)
-        for block in [self.mid_block, *self.up_blocks]:
-            if self.gradient_checkpointing and torch.is_grad_enabled() and state is None:
-                x = self._gradient_checkpointing_func(block, x)
-            else:
-                x = block(x, state)
+        x = run_blocks(self, [self.mid_block, *self.up_blocks], self.conv_in(z, state), state)
         return self.conv_out(F.silu(self.conv_norm_out(x)), state)
 
 
@@ -137,16 +127,8 @@ class VideoVAE(StreamingAutoencoder, ConfigMixin):
         super().__init__()
         if conv3d_layers not in ("conv1", "all"):
             raise ValueError(f"conv3d_layers must be 'conv1' or 'all', got {conv3d_layers!r}")
-        if len(temporal_downsample) != len(block_out_channels) - 1:
-            raise ValueError(f"temporal_downsample needs {len(block_out_channels) - 1} entries "
-                             f"(one per downsampling level), got {list(temporal_downsample)}")
-        bad = [c for c in block_out_channels if c % norm_num_groups]
-        if bad:
-            raise ValueError(f"block_out_channels {bad} are not divisible by norm_num_groups="
-                             f"{norm_num_groups}")
-        self._set_ratios(2 ** sum(bool(d) for d in temporal_downsample),
-                         2 ** (len(block_out_channels) - 1), temporal_compression_ratio,
-                         spatial_compression_ratio)
+        self._set_levels(block_out_channels, temporal_downsample, norm_num_groups,
+                         temporal_compression_ratio, spatial_compression_ratio)
         self._check_latent_stats(latent_channels, latents_mean, latents_std)
 
         kt = temporal_kernel_size
@@ -173,17 +155,6 @@ class VideoVAE(StreamingAutoencoder, ConfigMixin):
         h = self.encoder(x, state)
         return self.quant_conv(h) if self.quant_conv is not None else h
 
-    def _decode_tile(self, z, state):
-        if self.post_quant_conv is not None:
-            z = self.post_quant_conv(z)
-        return self.decoder(z, state)
-
     # ------------------------------------------------------------------ training hooks
-    def encoder_modules(self):
-        return [m for m in (self.encoder, self.quant_conv) if m is not None]
-
-    def decoder_modules(self):
-        return [m for m in (self.post_quant_conv, self.decoder) if m is not None]
-
     def last_decoder_layer(self):
         return self.decoder.conv_out.weight

@@ -38,6 +38,17 @@ class StreamState:
         return self._children[key]
 
 
+def run_blocks(owner: nn.Module, blocks, x: torch.Tensor, state: StreamState | None):
+    """Apply `blocks` in order; with gradient checkpointing when `owner` (an encoder or decoder
+    whose `gradient_checkpointing` diffusers switches) has it on and this is a full pass."""
+    for block in blocks:
+        if owner.gradient_checkpointing and torch.is_grad_enabled() and state is None:
+            x = owner._gradient_checkpointing_func(block, x)
+        else:
+            x = block(x, state)
+    return x
+
+
 def _expand_first(x: torch.Tensor, n: int) -> torch.Tensor:
     """n copies of the first frame of x, shape (B, C, n, H, W)."""
     return x[:, :, :1].expand(-1, -1, n, -1, -1)
@@ -97,6 +108,13 @@ class CausalConv3d(nn.Conv3d):
         return super().forward(x[:, :, : (n_out - 1) * st + kt])
 
 
+def upsample_nearest(x: torch.Tensor, scale: tuple[int, int, int]) -> torch.Tensor:
+    """Nearest-neighbour upsampling of (B, C, T, H, W) by `scale` (t, h, w)."""
+    if x.dtype == torch.bfloat16:  # nearest interpolate has no bf16 kernel on some builds
+        return F.interpolate(x.float(), scale_factor=scale, mode="nearest").to(torch.bfloat16)
+    return F.interpolate(x, scale_factor=scale, mode="nearest")
+
+
 class FrameGroupNorm(nn.GroupNorm):
     """GroupNorm whose statistics are taken per frame (never across time).
 
@@ -118,7 +136,20 @@ class FrameGroupNorm(nn.GroupNorm):
         return out
 
 
-class ResnetBlock3D(nn.Module):
+class ResidualBlock(nn.Module):
+    """The SD VAE residual block's pass: norm1, SiLU, conv1, norm2, SiLU, conv2, plus the input
+    (through `conv_shortcut` when widths change). Subclasses build those layers; the convs take
+    the stream state."""
+
+    def forward(self, x, state=None):
+        h = self.conv1(F.silu(self.norm1(x)), state)
+        h = self.conv2(F.silu(self.norm2(h)), state)
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class ResnetBlock3D(ResidualBlock):
     """SD VAE residual block with a temporal `conv1` (and a temporal `conv2` too when
     `conv3d_layers == "all"`; with "conv1" it is 2D, as in CV-VAE)."""
 
@@ -132,13 +163,6 @@ class ResnetBlock3D(nn.Module):
         self.conv2 = CausalConv3d(out_channels, out_channels, (kt2, 3, 3), causal=causal)
         self.conv_shortcut = (CausalConv3d(in_channels, out_channels, 1)
                               if in_channels != out_channels else None)
-
-    def forward(self, x, state=None):
-        h = self.conv1(F.silu(self.norm1(x)), state)
-        h = self.conv2(F.silu(self.norm2(h)), state)
-        if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
-        return x + h
 
 
 class FrameAttention(nn.Module):
@@ -167,7 +191,18 @@ class FrameAttention(nn.Module):
         return x + out.reshape(b, t, c, hh, ww).transpose(1, 2)
 
 
-class MidBlock3D(nn.Module):
+class MidBlock(nn.Module):
+    """The SD mid block's pass: resnet -> (attention) -> resnet; subclasses build `resnets`
+    (two) and `attentions` (zero or one)."""
+
+    def forward(self, x, state=None):
+        x = self.resnets[0](x, state)
+        for attn in self.attentions:
+            x = attn(x)
+        return self.resnets[1](x, state)
+
+
+class MidBlock3D(MidBlock):
     """resnet -> (per-frame attention) -> resnet."""
 
     def __init__(self, channels, groups, eps, kt, causal, conv3d_layers, add_attention):
@@ -177,12 +212,6 @@ class MidBlock3D(nn.Module):
             for _ in range(2)])
         self.attentions = nn.ModuleList(
             [FrameAttention(channels, groups, eps)] if add_attention else [])
-
-    def forward(self, x, state=None):
-        x = self.resnets[0](x, state)
-        for attn in self.attentions:
-            x = attn(x)
-        return self.resnets[1](x, state)
 
 
 class Downsample3D(nn.Module):
@@ -217,11 +246,7 @@ class Upsample3D(nn.Module):
         self.conv = CausalConv3d(channels, channels, (kt, 3, 3), causal=causal)
 
     def forward(self, x, state=None):
-        if x.dtype == torch.bfloat16:  # nearest interpolate has no bf16 kernel on some builds
-            x = F.interpolate(x.float(), scale_factor=(2 if self.temporal else 1, 2, 2),
-                              mode="nearest").to(torch.bfloat16)
-        else:
-            x = F.interpolate(x, scale_factor=(2 if self.temporal else 1, 2, 2), mode="nearest")
+        x = upsample_nearest(x, (2 if self.temporal else 1, 2, 2))
         if self.temporal:
             first = state is None or state.get(self) is None
             if state is not None:

@@ -7,10 +7,15 @@ A family subclasses `StreamingAutoencoder` (with `ConfigMixin`) and provides:
     _decode_tile(z, state)   latents (B, Z, t', h, w) -> pixels
     encoder_modules() / decoder_modules()   what `set_trainable` freezes
     last_decoder_layer()     the weight taming's adaptive GAN weight differentiates against
-and sets `temporal_compression_ratio`, `spatial_compression_ratio` and calls
-`_init_streaming()` in `__init__`. `state` is a `StreamState` (or None for one full pass); a
-family's layers must make chunked passes equal one full pass for chunks of whole groups, which
-is all this module ever feeds them: 1 + n*r frames first, then n*r at a time.
+(`_decode_tile` and the module lists have defaults for families laid out like diffusers'
+`AutoencoderKL`: `encoder`, `decoder` and optional `quant_conv` / `post_quant_conv`), and sets `temporal_compression_ratio`, `spatial_compression_ratio` (`_set_ratios`, or
+`_set_levels` for an SD-layout level list) and calls `_init_streaming()` in `__init__`. A family
+whose latents are not plain image latents overrides `image_latents` / `latents_from_image` /
+`image_reg_mapping` (what the latent regularization against the image VAE compares).
+
+`state` is a `StreamState` (or None for one full pass); a family's layers must make chunked
+passes equal one full pass for chunks of whole groups, which is all this module ever feeds them:
+1 + n*r frames first, then n*r at a time.
 """
 
 from __future__ import annotations
@@ -92,6 +97,20 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         self.temporal_compression_ratio = t_ratio
         self.spatial_compression_ratio = s_ratio
 
+    def _set_levels(self, block_out_channels, temporal_downsample, norm_num_groups: int,
+                    given_t: int | None, given_s: int | None) -> None:
+        """Check an SD-layout level list (one `temporal_downsample` flag per downsampling level,
+        widths divisible by the norm groups) and record the ratios it gives."""
+        if len(temporal_downsample) != len(block_out_channels) - 1:
+            raise ValueError(f"temporal_downsample needs {len(block_out_channels) - 1} entries "
+                             f"(one per downsampling level), got {list(temporal_downsample)}")
+        bad = [c for c in block_out_channels if c % norm_num_groups]
+        if bad:
+            raise ValueError(f"block_out_channels {bad} are not divisible by norm_num_groups="
+                             f"{norm_num_groups}")
+        self._set_ratios(2 ** sum(bool(d) for d in temporal_downsample),
+                         2 ** (len(block_out_channels) - 1), given_t, given_s)
+
     @staticmethod
     def _check_latent_stats(latent_channels: int, latents_mean, latents_std) -> None:
         for name, stats in (("latents_mean", latents_mean), ("latents_std", latents_std)):
@@ -118,10 +137,11 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
-    def from_image_vae(cls, path, arch: str = "cv", **overrides):
+    def from_image_vae(cls, path, arch: str | None = None, **overrides):
         """Inflate an image VAE (diffusers folder or LDM single file) into a video VAE of family
-        `arch` whose one-frame and still-clip outputs equal the image VAE's."""
-        return inflate(path, arch, **overrides)
+        `arch` (default: this class's family) whose one-frame and still-clip outputs equal the
+        image VAE's."""
+        return inflate(path, arch or getattr(cls, "arch", "cv"), **overrides)
 
     # ------------------------------------------------------------------ what decode can stream
     @property
@@ -130,12 +150,33 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         overlapping windows."""
         return bool(self.config.get("decoder_causal", True))
 
+    # ------------------------------------------------------------------ image VAE pairing
+    #: The frame of each group that a latent frame's image part stands for, when the family
+    #: fixes it (a `videovae.training.losses` mapping: `ktc` says "key", each group's first
+    #: frame); None lets `loss.reg_mapping` choose.
+    image_reg_mapping: str | None = None
+
+    def image_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The part of video latents z that the image VAE's decoder reads (here: all of it)."""
+        return z
+
+    def latents_from_image(self, z_img: torch.Tensor) -> torch.Tensor:
+        """Video latents built from image-VAE latents, for the encoder regularization (here:
+        the image latents themselves)."""
+        return z_img
+
+    # ------------------------------------------------------------------ AutoencoderKL layout
+    def _decode_tile(self, z, state):
+        post_quant = getattr(self, "post_quant_conv", None)
+        return self.decoder(z if post_quant is None else post_quant(z), state)
+
     # ------------------------------------------------------------------ training hooks
     def encoder_modules(self) -> list[nn.Module]:
-        raise NotImplementedError
+        return [m for m in (self.encoder, getattr(self, "quant_conv", None)) if m is not None]
 
     def decoder_modules(self) -> list[nn.Module]:
-        raise NotImplementedError
+        return [m for m in (getattr(self, "post_quant_conv", None), self.decoder)
+                if m is not None]
 
     def last_decoder_layer(self) -> torch.Tensor:
         raise NotImplementedError

@@ -15,7 +15,14 @@ Generator loss (every term's weight in `LossConfig`):
     align    = VA-VAE's alignment of projected latents with frozen vision features (alignment.py)
 psi maps T = 1 + r*k frames to 1 + k: `first` (frame 0 only), `slice` (frames 0, r, 2r, ...),
 `average` (frame 0, then the mean of each group of r), `random` (frame 0, then one random frame
-of each group; CV-VAE's choice). Images (T = 1) go through every term.
+of each group; CV-VAE's choice), `key` (frame 0, then each group's first frame 1, 1 + r, ...).
+Images (T = 1) go through every term.
+
+What the image VAE sees of the video latents is the family's choice (`StreamingAutoencoder`
+hooks): `cv` latents are image latents and `loss.reg_mapping` picks psi; `ktc` latents carry
+the image latents in their keyframe half, so for `ktc` D_img decodes the keyframe half and is
+compared with each group's key (first) frame, and reg_enc decodes video latents whose two halves
+are both E_img of the key frames; psi is always `key` there, whatever `reg_mapping` says.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from ..errors import ConfigError
 from .alignment import LatentAlignment, PatchFeatures
 from .discriminator import Discriminator3D
 
-MAPPINGS = ("first", "slice", "average", "random")
+MAPPINGS = ("first", "slice", "average", "random", "key")
 
 
 @dataclass
@@ -51,7 +58,7 @@ class LossConfig:
     adaptive_disc_weight: bool = True
     reg_dec_weight: float = 1.0  # needs a frozen image VAE (train.init_from_image_vae)
     reg_enc_weight: float = 0.0
-    reg_mapping: str = "random"
+    reg_mapping: str = "random"  # arch ktc always uses "key" (see the module docstring)
     reg_type: str = "l1"
     align_weight: float = 0.0  # semantic latent alignment (training/alignment.py); 0: off
     align_backbone: str | None = None  # local transformers folder or TorchScript file
@@ -100,12 +107,18 @@ def map_frames(x: torch.Tensor, mapping: str, ratio: int, gen: torch.Generator |
         offs = torch.randint(1, ratio + 1, (k,), generator=gen).tolist() if k else []
         idx = [0] + [ratio * g + o for g, o in enumerate(offs)]
         return x[:, :, idx], list(range(k + 1))
+    if mapping == "key":
+        return x[:, :, [0] + [1 + ratio * g for g in range(k)]], list(range(k + 1))
     raise ValueError(f"reg_mapping must be one of {MAPPINGS}, got {mapping!r}")
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
     """(B, C, T, H, W) -> (B*T, C, H, W)."""
     return x.transpose(1, 2).flatten(0, 1)
+
+
+def _same(z: torch.Tensor) -> torch.Tensor:
+    return z
 
 
 def _distance(a, b, kind):
@@ -117,7 +130,13 @@ def hinge_d_loss(logits_real, logits_fake):
 
 
 class VAELoss(nn.Module):
-    def __init__(self, cfg: LossConfig, image_vae=None, temporal_ratio: int = 4,
+    """`video_vae`: the model being trained, whose latent layout hooks (`image_latents`,
+    `latents_from_image`, `image_reg_mapping`) decide what the regularization compares; None
+    means latents that are image latents (the `cv` layout). `latent_channels` (default: the
+    video model's) sizes the alignment projection; `align_backbone` replaces the backbone that
+    `cfg.align_backbone` names (tests pass a module)."""
+
+    def __init__(self, cfg: LossConfig, image_vae=None, temporal_ratio: int = 4, video_vae=None,
                  latent_channels: int | None = None, align_backbone: nn.Module | None = None):
         super().__init__()
         if cfg.reg_mapping not in MAPPINGS:
@@ -138,6 +157,13 @@ class VAELoss(nn.Module):
         self.logvar = nn.Parameter(torch.tensor(float(cfg.logvar_init)),
                                    requires_grad=cfg.learn_logvar)
         self.image_vae = image_vae.eval().requires_grad_(False) if image_vae is not None else None
+        # plain functions, not the model: the loss must not own the model's parameters
+        self.image_latents = video_vae.image_latents if video_vae is not None else _same
+        self.latents_from_image = (video_vae.latents_from_image if video_vae is not None
+                                   else _same)
+        self.reg_mapping = getattr(video_vae, "image_reg_mapping", None) or cfg.reg_mapping
+        if latent_channels is None and video_vae is not None:
+            latent_channels = video_vae.config.latent_channels
         self.align = self._build_alignment(cfg, latent_channels, temporal_ratio, align_backbone)
 
     @staticmethod
@@ -147,8 +173,8 @@ class VAELoss(nn.Module):
         if backbone is None:
             if not cfg.align_backbone:
                 raise ConfigError("loss.align_weight needs loss.align_backbone: a local "
-                                  "transformers vision model folder (e.g. DINOv2) or a "
-                                  "TorchScript file returning (N, D, h, w) features")
+                                  "transformers vision model folder (e.g. DINOv2) or an "
+                                  "exported/TorchScript module returning (N, D, h, w) features")
             backbone = PatchFeatures(cfg.align_backbone, cfg.align_image_size)
         if latent_channels is None:
             raise ConfigError("the alignment loss needs the model's latent_channels")
@@ -171,14 +197,15 @@ class VAELoss(nn.Module):
 
     @torch.no_grad()
     def encoder_reg_latents(self, x: torch.Tensor, gen: torch.Generator | None = None):
-        """Image-encoder latents of psi(x), as (B, Z, n, h, w), for the encoder regularization."""
-        target, _ = map_frames(x, self.cfg.reg_mapping, self.ratio, gen)
+        """Video latents (B, Z, n, h, w) built from the image-encoder latents of psi(x), for the
+        encoder regularization."""
+        target, _ = map_frames(x, self.reg_mapping, self.ratio, gen)
         z = self.image_vae.encode(_frames(target)).latent_dist.mode()
-        return z.unflatten(0, (x.shape[0], -1)).transpose(1, 2)
+        return self.latents_from_image(z.unflatten(0, (x.shape[0], -1)).transpose(1, 2))
 
     def _reg_dec(self, x, z, gen):
-        target, lat_idx = map_frames(x, self.cfg.reg_mapping, self.ratio, gen)
-        img = self.image_vae.decode(_frames(z[:, :, lat_idx])).sample
+        target, lat_idx = map_frames(x, self.reg_mapping, self.ratio, gen)
+        img = self.image_vae.decode(_frames(self.image_latents(z)[:, :, lat_idx])).sample
         return _distance(_frames(target), img, self.cfg.reg_type)
 
     @staticmethod

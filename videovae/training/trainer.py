@@ -80,8 +80,7 @@ def train(cfg: TrainConfig) -> Path:
     vae, image_vae = build_models(cfg)
     if run.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
-    loss_fn = VAELoss(cfg.loss, image_vae, vae.temporal_compression_ratio,
-                      vae.config.latent_channels).to(device)
+    loss_fn = VAELoss(cfg.loss, image_vae, vae.temporal_compression_ratio, vae).to(device)
     stepper = _stepper(cfg, accelerator, vae, loss_fn)
     ema = build_ema(vae, run.ema_decay, device)
     state = TrainState()
