@@ -212,22 +212,36 @@ def reconstruct_file(vae: StreamingAutoencoder, video_path, out_path, *, metrics
     return report
 
 
+def _image_vae_psnr(vae, image_vae, path, backend) -> dict:
+    from .integrations.image_vae import image_vae_psnr
+
+    reader = VideoReader(path, backend)
+    chunks = pixel_chunks(vae, reader.iter_chunks(vae.encode_chunk_frames))
+    m = image_vae_psnr(vae, image_vae, chunks, size=(reader.height, reader.width))
+    return {"image_vae_psnr": m["image_vae_psnr"], "latent_frames": len(m["per_latent_frame"])}
+
+
 def evaluate_files(vae: StreamingAutoencoder, data_path, out_path=None, *,
                    max_files: int | None = None, backend: str = "auto", progress: bool = True,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, image_vae=None) -> dict:
     """Mean PSNR/SSIM of streamed reconstructions over every video/image under `data_path`
-    (a folder or a CSV/JSONL manifest). Unreadable files are listed, not fatal."""
+    (a folder or a CSV/JSONL manifest). Unreadable files are listed, not fatal. With an
+    `image_vae` (diffusers `AutoencoderKL`), also the PSNR of each latent frame decoded by it
+    (`videovae.integrations.image_vae`)."""
     files = list_files(data_path, MEDIA_SUFFIXES)[:max_files]
     per_file, failed = [], []
     for path in tqdm(files, desc="eval", unit="file", disable=not progress):
         try:
             r = reconstruct_file(vae, path, None, backend=backend, progress=False)
+            row = {"file": str(path), "frames": r["num_frames"], "psnr": r["psnr_mean"],
+                   "ssim": r["ssim_mean"]}
+            if image_vae is not None:
+                row.update(_image_vae_psnr(vae, image_vae, path, backend))
         except (ValueError, OSError) as e:
             failed.append({"file": str(path), "error": str(e).splitlines()[0]})
             logger.warning("skipping %s: %s", path, failed[-1]["error"])
             continue
-        per_file.append({"file": str(path), "frames": r["num_frames"], "psnr": r["psnr_mean"],
-                         "ssim": r["ssim_mean"]})
+        per_file.append(row)
     if not per_file:
         raise VideoVAEError(f"no readable videos in {data_path}")
     frames = sum(f["frames"] for f in per_file)
@@ -235,6 +249,10 @@ def evaluate_files(vae: StreamingAutoencoder, data_path, out_path=None, *,
               "psnr_mean": sum(f["psnr"] * f["frames"] for f in per_file) / frames,
               "ssim_mean": sum(f["ssim"] * f["frames"] for f in per_file) / frames,
               "per_file": per_file, "failed": failed}
+    if image_vae is not None:
+        n = sum(f["latent_frames"] for f in per_file)
+        report["image_vae_psnr_mean"] = sum(f["image_vae_psnr"] * f["latent_frames"]
+                                            for f in per_file) / n
     if out_path is not None:
         with atomic_output(out_path, overwrite=overwrite) as tmp:
             tmp.write_text(json.dumps(report, indent=2))

@@ -8,10 +8,12 @@ import it.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 
 from ..errors import ModelLoadError
 
@@ -27,6 +29,11 @@ def register_family(arch: str, *aliases: str):
         cls.arch = arch
         for name in (cls.__name__, *aliases):
             _CLASS_NAMES[name] = cls
+        # diffusers reloads a saved pipeline's component by finding its loadable base class
+        # (ModelMixin) by name in the module that defines the class
+        module = sys.modules[cls.__module__]
+        if not hasattr(module, "ModelMixin"):
+            module.ModelMixin = ModelMixin
         return cls
     return deco
 
