@@ -70,3 +70,16 @@ def write_media(root: Path, n_videos=2, n_images=2, corrupt=True):
     for i in range(n_images):
         Image.fromarray(pan_zoom_clip(load_photo("coffee"), 1, (48, 40), speed=0)[0]).save(
             root / "images" / f"i{i}.png")
+
+
+def normalization(kind: str, latent_channels: int) -> dict:
+    """Latent normalization configs with scaling_factor != 1: "scale" (SD style), "shift"
+    (SD3/FLUX style) and "per_channel" (latent-stats --per-channel, here with a scale as well)."""
+    if kind == "scale":
+        return dict(scaling_factor=0.7)
+    if kind == "shift":
+        return dict(scaling_factor=0.7, shift_factor=0.3)
+    g = torch.Generator().manual_seed(latent_channels)
+    return dict(scaling_factor=0.8,
+                latents_mean=(torch.randn(latent_channels, generator=g) * 0.5).tolist(),
+                latents_std=(torch.rand(latent_channels, generator=g) + 0.5).tolist())

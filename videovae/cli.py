@@ -97,12 +97,21 @@ def cmd_reconstruct(args) -> None:
 def cmd_eval(args) -> None:
     from .files import evaluate_files
 
-    report = evaluate_files(_load(args), args.data, args.output, max_files=args.max_files,
+    vae = _load(args)
+    image_vae = None
+    if args.image_vae:
+        from .convert import load_image_vae
+
+        image_vae, _ = load_image_vae(args.image_vae, args.image_vae_type)
+        image_vae.to(next(vae.parameters()).device)
+    report = evaluate_files(vae, args.data, args.output, max_files=args.max_files,
                             backend=args.backend, progress=not args.no_progress,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, image_vae=image_vae)
     failed = f", {len(report['failed'])} failed (listed in the report)" if report["failed"] else ""
+    compat = (f", image VAE decoding our latents: PSNR {report['image_vae_psnr_mean']:.2f} dB"
+              if image_vae is not None else "")
     print(f"{report['files']} files, {report['frames']} frames: PSNR {report['psnr_mean']:.2f} "
-          f"dB, SSIM {report['ssim_mean']:.4f}{failed}" +
+          f"dB, SSIM {report['ssim_mean']:.4f}{compat}{failed}" +
           (f"; wrote {args.output}" if args.output else ""))
 
 
@@ -273,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest of videos")
     _model_options(s, reads_video=True, output_help="write the report JSON here")
     s.add_argument("--max-files", type=int, default=None)
+    s.add_argument("--image-vae", default=None,
+                   help="also decode each latent frame with this image VAE (the one the model "
+                        "was inflated from) and report its PSNR")
+    s.add_argument("--image-vae-type", choices=IMAGE_VAE_TYPES,
+                   help="latent scaling of --image-vae when the checkpoint does not say")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("extract", help="latents of a whole data set, in shards with an index "

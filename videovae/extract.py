@@ -38,7 +38,7 @@ from .io.atomic import atomic_output
 from .io.latent_file import config_hash
 from .io.listing import MEDIA_SUFFIXES, list_files
 from .io.video import VideoReader
-from .latents import normalize_latents, offset_and_gain
+from .latents import ABSORB_KEY, normalize_latents, offset_and_gain
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ class Extractor:
                      "num_items": len(self.files),
                      "options": json.loads(json.dumps(dataclasses.asdict(opts))),
                      "normalization": {k: vae.config.get(k) for k in (
-                         "scaling_factor", "shift_factor", "latents_mean", "latents_std")}}
+                         "scaling_factor", "shift_factor", "latents_mean", "latents_std",
+                         ABSORB_KEY)}}
 
     # ------------------------------------------------------------------ files
     def shard_path(self, k: int, suffix: str) -> Path:

@@ -274,12 +274,23 @@ def reconstruct_file(vae: StreamingAutoencoder, video_path, out_path, *, metrics
     return report
 
 
+def _image_vae_psnr(vae, image_vae, path, backend) -> dict:
+    from .integrations.image_vae import image_vae_psnr
+
+    reader = VideoReader(path, backend)
+    chunks = pixel_chunks(vae, reader.iter_chunks(vae.encode_chunk_frames))
+    m = image_vae_psnr(vae, image_vae, chunks, size=(reader.height, reader.width))
+    return {"image_vae_psnr": m["image_vae_psnr"], "latent_frames": len(m["per_latent_frame"])}
+
+
 def evaluate_files(vae: StreamingAutoencoder, data_path, out_path=None, *,
                    max_files: int | None = None, backend: str = "auto", progress: bool = True,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, image_vae=None) -> dict:
     """Mean PSNR/SSIM of streamed reconstructions over every video/image under `data_path`
     (a folder or a CSV/JSONL manifest), and the PSNR per position inside the compression
-    groups with the first-versus-rest gap, pooled over every frame.
+    groups with the first-versus-rest gap, pooled over every frame. With an `image_vae`
+    (diffusers `AutoencoderKL`), also the PSNR of each latent frame decoded by it
+    (`videovae.integrations.image_vae`; CV-VAE's compatibility claim made checkable).
 
     A file that fails for any reason (unreadable, too large, out of memory, ...) is listed in
     the report's `failed` with its reason and the run goes on. The report is written whatever
@@ -295,6 +306,8 @@ def evaluate_files(vae: StreamingAutoencoder, data_path, out_path=None, *,
         for path in tqdm(files, desc="eval", unit="file", disable=not progress):
             try:
                 r = reconstruct_file(vae, path, None, backend=backend, progress=False)
+                compat = (_image_vae_psnr(vae, image_vae, path, backend)
+                          if image_vae is not None else {})
             except Exception as e:  # noqa: BLE001 - one file never ends the run
                 failed.append({"file": str(path), "error": one_line(e)})
                 logger.warning("skipping %s: %s", path, failed[-1]["error"])
@@ -303,7 +316,7 @@ def evaluate_files(vae: StreamingAutoencoder, data_path, out_path=None, *,
                 continue
             per_file.append({"file": str(path), "frames": r["num_frames"],
                              "psnr": r["psnr_mean"], "ssim": r["ssim_mean"],
-                             "first_vs_rest_gap": r["first_vs_rest_gap"]})
+                             "first_vs_rest_gap": r["first_vs_rest_gap"], **compat})
             frame_psnrs.append(r["psnr_per_frame"])
         complete = True
     finally:
@@ -311,6 +324,10 @@ def evaluate_files(vae: StreamingAutoencoder, data_path, out_path=None, *,
         stats = group_position_stats(frame_psnrs, vae.temporal_compression_ratio)
         report["psnr_per_position"] = stats["per_position"]
         report["first_vs_rest_gap"] = stats["first_vs_rest_gap"]
+        n = sum(f.get("latent_frames", 0) for f in per_file)
+        if image_vae is not None and n:
+            report["image_vae_psnr_mean"] = sum(f["image_vae_psnr"] * f["latent_frames"]
+                                                for f in per_file) / n
         if out_path is not None:
             write_json(out_path, report, overwrite=overwrite)
     if not per_file:

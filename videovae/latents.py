@@ -7,6 +7,10 @@ Diffusion models want latents of roughly unit variance. Two conventions are supp
   `z_norm = (z - shift_factor) * scaling_factor`;
 - per channel (Wan, Mochi): `latents_mean`, `latents_std` per channel, `scaling_factor = 1`:
   `z_norm = (z - mean) / std * scaling_factor`.
+
+How diffusers pipelines apply these (each its own way) is `videovae.integrations.diffusers`;
+a model prepared there for a pipeline that only divides by `scaling_factor` may absorb the rest
+of the affine into `encode`/`decode` (`ABSORB_KEY`); the functions below account for it.
 """
 
 from __future__ import annotations
@@ -28,8 +32,16 @@ KNOWN_IMAGE_VAES = {
 }
 
 
-def offset_and_gain(config, z: torch.Tensor):
-    """Both conventions as `z_norm = (z - offset) * gain`, broadcast over (B, Z, ...)."""
+# Config key set by `videovae.integrations.diffusers.for_pipeline` for pipelines that only divide
+# by `scaling_factor`: `encode` then returns `normalize_latents(z) / scaling_factor` and `decode`
+# inverts it, so those pipelines see the toolkit's normalized latents (the constants stay as
+# measured; this one flag says which space the model's own latents are in).
+ABSORB_KEY = "absorb_normalization"
+
+
+def stored_offset_and_gain(config, z: torch.Tensor):
+    """The stored constants as `z_norm = (z - offset) * gain` for the network's latents z,
+    broadcast over (B, Z, ...)."""
     config = dict(config)
     scale = config.get("scaling_factor") or 1.0
     if config.get("latents_mean") is not None and config.get("latents_std") is not None:
@@ -40,14 +52,41 @@ def offset_and_gain(config, z: torch.Tensor):
     return config.get("shift_factor") or 0.0, scale
 
 
+def offset_and_gain(config, z: torch.Tensor):
+    """`z_norm = (z - offset) * gain` for the latents `encode` returns (what every toolkit
+    function reads and writes): the stored constants, or only `scaling_factor` when the model
+    absorbs the rest (`ABSORB_KEY`)."""
+    if dict(config).get(ABSORB_KEY):
+        return 0.0, dict(config).get("scaling_factor") or 1.0
+    return stored_offset_and_gain(config, z)
+
+
+def absorbed_affine(config, z: torch.Tensor):
+    """(offset, gain) with `encode output = (z - offset) * gain` for the network's latents z:
+    (0, 1) unless the model absorbs the normalization."""
+    if not dict(config).get(ABSORB_KEY):
+        return 0.0, 1.0
+    offset, gain = stored_offset_and_gain(config, z)
+    return offset, gain / (dict(config).get("scaling_factor") or 1.0)
+
+
+def network_latents(z: torch.Tensor, config) -> torch.Tensor:
+    """Latents from `encode` -> what the decoder network takes (the same unless the model
+    absorbs the normalization)."""
+    if not dict(config).get(ABSORB_KEY):
+        return z
+    offset, gain = absorbed_affine(config, z)
+    return z / gain + offset
+
+
 def normalize_latents(z: torch.Tensor, config) -> torch.Tensor:
-    """Raw (B, Z, ...) latents -> what a diffusion model is trained on."""
+    """Latents from `encode` -> what a diffusion model is trained on."""
     offset, gain = offset_and_gain(config, z)
     return (z - offset) * gain
 
 
 def denormalize_latents(z: torch.Tensor, config) -> torch.Tensor:
-    """Inverse of `normalize_latents`."""
+    """Inverse of `normalize_latents`: what `decode` takes."""
     offset, gain = offset_and_gain(config, z)
     return z / gain + offset
 
@@ -59,6 +98,9 @@ def measure_latent_stats(vae, data_path, *, num_clips: int = 64, num_frames: int
     """Encode `num_clips` center-cropped clips from `data_path` and return channel statistics."""
     from .data.sources import ClipSource, SourceConfig
 
+    if vae.config.get(ABSORB_KEY):
+        raise ValueError("measure latent statistics on the model as trained, not on one prepared "
+                         "for a pipeline (its config has absorb_normalization set)")
     src = ClipSource(SourceConfig(type=kind, path=str(data_path), resolution=resolution,
                                   num_frames=1 if kind == "image" else num_frames,
                                   random_crop=False), vae.temporal_compression_ratio)

@@ -17,19 +17,25 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import LatentFileError
+from ..latents import ABSORB_KEY
 from ..models.frames import frame_counts_for, num_latent_frames, padded_frames
+from ..models.streaming import PIPELINE_CONFIG_KEYS
 
 FORMAT = "videovae-latents-v1"
 REQUIRED = ("format", "num_frames", "fps", "height", "width", "config_hash", "normalized")
 # config keys that change what the latents mean; the normalization constants are stored apart
 _VOLATILE = {"_diffusers_version", "_name_or_path", "_class_name", "_use_default_values",
-             "scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast"}
+             "scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast",
+             *PIPELINE_CONFIG_KEYS}  # the last: names for diffusers pipelines, derived
+_NORMALIZATION = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", ABSORB_KEY)
 
 
 def config_hash(model) -> str:
     """Hash of a model's class and architecture config (not of its latent normalization
     constants), so two families never share a hash."""
     items = {k: v for k, v in dict(model.config).items() if k not in _VOLATILE}
+    if not items.get(ABSORB_KEY):  # absorbing changes what encode returns; off is the default
+        items.pop(ABSORB_KEY, None)
     items["_class_name"] = type(model).__name__
     blob = json.dumps(items, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -53,10 +59,7 @@ def save_latents(path, latents: torch.Tensor, model, *, num_frames: int, fps: fl
                                 width)),
         "config_hash": config_hash(model),
         "normalized": "true" if normalized else "false",
-        "scaling_factor": json.dumps(config.get("scaling_factor")),
-        "shift_factor": json.dumps(config.get("shift_factor")),
-        "latents_mean": json.dumps(config.get("latents_mean")),
-        "latents_std": json.dumps(config.get("latents_std")),
+        **{k: json.dumps(config.get(k)) for k in _NORMALIZATION},
     }
     if sample_aspect_ratio is not None:
         meta["sample_aspect_ratio"] = f"{sample_aspect_ratio[0]}:{sample_aspect_ratio[1]}"
@@ -98,7 +101,7 @@ def load_latents(path) -> tuple[torch.Tensor, dict]:
         raise LatentFileError(f"{path}: metadata normalized={meta['normalized']!r} must be "
                               "'true' or 'false'")
     parsed["normalized"] = meta["normalized"] == "true"
-    for k in ("scaling_factor", "shift_factor", "latents_mean", "latents_std"):
+    for k in _NORMALIZATION:
         if k in meta:
             try:
                 parsed[k] = json.loads(meta[k])

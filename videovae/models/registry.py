@@ -7,9 +7,11 @@ import it (`inflate` loads that plug-in by name on first use).
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 
 from ..config import read_model_config
 from ..errors import ModelLoadError, one_line
@@ -26,6 +28,11 @@ def register_family(arch: str, *aliases: str):
         cls.arch = arch
         for name in (cls.__name__, *aliases):
             _CLASS_NAMES[name] = cls
+        # diffusers reloads a saved pipeline's component by finding its loadable base class
+        # (ModelMixin) by name in the module that defines the class
+        module = sys.modules[cls.__module__]
+        if not hasattr(module, "ModelMixin"):
+            module.ModelMixin = ModelMixin
         return cls
     return deco
 

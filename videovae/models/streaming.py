@@ -8,8 +8,10 @@ A family subclasses `StreamingAutoencoder` (with `ConfigMixin`) and provides:
     encoder_modules() / decoder_modules()   what `set_trainable` freezes
     last_decoder_layer()     the weight taming's adaptive GAN weight differentiates against
 (`_decode_tile` and the module lists have defaults for families laid out like diffusers'
-`AutoencoderKL`: `encoder`, `decoder` and optional `quant_conv` / `post_quant_conv`), and sets `temporal_compression_ratio`, `spatial_compression_ratio` (`_set_ratios`, or
-`_set_levels` for an SD-layout level list) and calls `_init_streaming()` in `__init__`. A family
+`AutoencoderKL`: `encoder`, `decoder` and optional `quant_conv` / `post_quant_conv`), and
+sets `temporal_compression_ratio`, `spatial_compression_ratio` (`_set_ratios`, which also
+derives every name diffusers video pipelines read; or `_set_levels` for an SD-layout level
+list) and calls `_init_streaming()` in `__init__`. A family
 whose latents are not plain image latents overrides `image_latents` / `latents_from_image` /
 `image_reg_mapping` (what the latent regularization against the image VAE compares).
 
@@ -32,6 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..errors import ModelLoadError
+from ..latents import ABSORB_KEY, absorbed_affine, network_latents, offset_and_gain
 from .distributions import DiagonalGaussianDistribution
 from .frames import (frame_counts_for, num_decoded_frames, pad_frames, pad_video,
                      repeat_last_frame)
@@ -69,6 +72,12 @@ def _raise_nonfinite(t: torch.Tensor, what: str):
     raise ValueError(f"{what} with {nan} NaN and {inf} infinite values; the model would turn "
                      "them into garbage")
 
+# Config names diffusers video pipelines read (Wan: scale_factor_*, z_dim; LTX:
+# timestep_conditioning; CogVideoX image-to-video: invert_scale_latents). Derived at init from
+# the ratios and latent channels; a value in a loaded config.json is ignored.
+PIPELINE_CONFIG_KEYS = ("scale_factor_temporal", "scale_factor_spatial", "z_dim",
+                        "timestep_conditioning", "invert_scale_latents")
+
 
 def init_posterior_logvar(moments_conv: nn.Module, latent_channels: int,
                           logvar: float = -8.0) -> None:
@@ -96,6 +105,53 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
                                 spatial_compression_ratio=s_ratio)
         self.temporal_compression_ratio = t_ratio
         self.spatial_compression_ratio = s_ratio
+        boc = self.config.get("block_out_channels")
+        if boc is not None and 2 ** (len(boc) - 1) != s_ratio:  # CogVideoX, AnimateDiff, SVD
+            raise ValueError(f"pipelines read the spatial ratio as 2**(len(block_out_channels)-1)"
+                             f" = {2 ** (len(boc) - 1)}, but the layers give {s_ratio}")
+        self.register_to_config(scale_factor_temporal=t_ratio, scale_factor_spatial=s_ratio,
+                                z_dim=self.config.latent_channels, timestep_conditioning=False,
+                                invert_scale_latents=False)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' loading, minus the derived pipeline names (recomputed by `__init__`; a
+        stale value in config.json must not be registered over them), and with
+        `absorb_normalization` (no family's `__init__` takes it) registered after `__init__`."""
+        config_dict = {k: v for k, v in config_dict.items() if k not in PIPELINE_CONFIG_KEYS}
+        absorb = config_dict.pop(ABSORB_KEY, None)
+        init_dict, unused, hidden = super().extract_init_dict(config_dict, **kwargs)
+        if absorb is not None:
+            hidden[ABSORB_KEY] = absorb
+        return init_dict, unused, hidden
+
+    # ------------------------------------------------------------------ names pipelines read
+    @property
+    def temperal_downsample(self) -> list[bool]:
+        """Wan's name (and spelling): 2**sum gives the temporal ratio, 2**len the spatial one."""
+        t, s = self.temporal_compression_ratio, self.spatial_compression_ratio
+        lt, ls = t.bit_length() - 1, s.bit_length() - 1
+        if 2 ** lt != t or 2 ** ls != s or lt > ls:
+            raise ValueError(f"ratios {t}x{s} cannot be written as Wan's temperal_downsample")
+        return [False] * (ls - lt) + [True] * lt
+
+    def _ltx_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        zc = self.config.latent_channels
+        probe = torch.zeros(1, zc, 1)
+        offset, gain = offset_and_gain(self.config, probe)
+        scale = self.config.get("scaling_factor") or 1.0
+        return ((probe + offset).flatten(), (scale / (probe + gain)).flatten())
+
+    @property
+    def latents_mean(self) -> torch.Tensor:
+        """(Z,) tensor; with `latents_std`, LTX decodes `z * latents_std / scaling_factor +
+        latents_mean`, which equals `videovae.latents.denormalize_latents` for every config."""
+        return self._ltx_stats()[0]
+
+    @property
+    def latents_std(self) -> torch.Tensor:
+        """(Z,) tensor; see `latents_mean`."""
+        return self._ltx_stats()[1]
 
     def _set_levels(self, block_out_channels, temporal_downsample, norm_num_groups: int,
                     given_t: int | None, given_s: int | None) -> None:
@@ -264,7 +320,11 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         zc = self.config.latent_channels
         if not torch.is_tensor(z) or z.ndim != 5 or z.shape[1] != zc or z.shape[2] == 0:
             shape = tuple(z.shape) if torch.is_tensor(z) else type(z).__name__
-            raise ValueError(f"latents must be (B, {zc}, T', h, w) with T' >= 1, got {shape}")
+            hint = ("; a 4D tensor is one latent frame per image, as AnimateDiff and Stable "
+                    "Video Diffusion decode: use the pipelines in videovae.integrations.pipelines"
+                    if torch.is_tensor(z) and z.ndim == 4 else "")
+            raise ValueError(f"latents must be (B, {zc}, T', h, w) with T' >= 1, got {shape}"
+                             f"{hint}")
         if not z.is_floating_point():
             raise ValueError(f"latents must be a float tensor, got {z.dtype}")
         if self._checks_values() and z.numel() and not bool(torch.isfinite(z.detach()).all()):
@@ -286,11 +346,19 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         return tiled_apply_2d(x, run, int(tile), int(overlap), scale)
 
     def _encode_chunk(self, x, state):
-        return self._spatially_tiled(x, self._encode_tile, state,
-                                     1.0 / self.spatial_compression_ratio)
+        moments = self._spatially_tiled(x, self._encode_tile, state,
+                                        1.0 / self.spatial_compression_ratio)
+        if not self.config.get(ABSORB_KEY):
+            return moments
+        # the model absorbs the latent normalization (videovae.latents.ABSORB_KEY)
+        mean, logvar = moments.chunk(2, dim=1)
+        offset, gain = absorbed_affine(self.config, mean)
+        gain = torch.as_tensor(gain, dtype=mean.dtype, device=mean.device)
+        return torch.cat([(mean - offset) * gain, logvar + 2 * gain.abs().log()], dim=1)
 
     def _decode_chunk(self, z, state):
-        return self._spatially_tiled(z, self._decode_tile, state, self.spatial_compression_ratio)
+        return self._spatially_tiled(network_latents(z, self.config), self._decode_tile, state,
+                                     self.spatial_compression_ratio)
 
     def _encode_moments(self, x):
         n = self.encode_chunk_frames
@@ -337,14 +405,20 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
     @apply_forward_hook
-    def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True):
+    def decode(self, z: torch.Tensor, temb: torch.Tensor | None = None, *,
+               num_frames: int | None = None, return_dict: bool = True):
         """Decode (B, Z, T', h, w) into 1 + r*(T'-1) frames, trimmed to `num_frames` if given.
 
         Latents of any float dtype are cast to the model's; NaN/Inf latents are refused. The
         output is nominally in [-1, 1] but not clamped (as diffusers' AutoencoderKL: training
         needs the gradient, and pipelines clamp when they convert to pixels); clamp before
-        converting to images.
+        converting to images. `temb` is there for pipelines that pass a decode timestep
+        positionally (LTX: `decode(z, timestep, return_dict=False)`); it must be None, as the
+        model has no timestep conditioning (`config.timestep_conditioning` is False).
         """
+        if temb is not None:
+            raise ValueError("this VAE has no timestep conditioning (config.timestep_conditioning "
+                             "is False): decode takes no timestep; pass num_frames= by keyword")
         x = self._decode_trimmed(self._check_latent(z), num_frames)
         return DecoderOutput(sample=x) if return_dict else (x,)
 
