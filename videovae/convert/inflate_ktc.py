@@ -30,6 +30,8 @@ from ..models.layers_ktc import KTCAttention, KTCConv, KTCDownsample, KTCUpsampl
 
 
 def _ktc_conv(name: str, conv: KTCConv, src) -> dict:
+    """Keyframe half: the image kernel on its own input half; temporal half: in the centre tap
+    on its own input half (both on every input when the conv reads pixels)."""
     w = src(f"{name}.weight")
     key = torch.zeros_like(conv.key.weight)
     tmp = torch.zeros_like(conv.temporal.weight)
@@ -66,7 +68,7 @@ def _time_down(name: str, down: KTCDownsample, src) -> dict:
     if down.time_conv is None:
         return {}
     w = torch.zeros_like(down.time_conv.weight)  # (C, C, 2, 1, 1)
-    w[:, :, 1, 0, 0] = torch.eye(w.shape[0], dtype=w.dtype)  # the later frame of each pair
+    w[:, :, 1, 0, 0] = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)  # the later frame of each pair
     return {f"{name}.time_conv.weight": w,
             f"{name}.time_conv.bias": torch.zeros_like(down.time_conv.bias)}
 
@@ -75,11 +77,13 @@ def _time_up(name: str, up: KTCUpsample, src) -> dict:
     if up.time_conv is None:
         return {}
     c = up.time_conv.in_channels
-    eye = torch.eye(c, dtype=up.time_conv.weight.dtype)
+    like = up.time_conv.weight
+    eye = torch.eye(c, dtype=like.dtype, device=like.device)
     return {f"{name}.time_conv.weight": torch.cat([eye, eye]).view(2 * c, c, 1, 1, 1),
             f"{name}.time_conv.bias": torch.zeros_like(up.time_conv.bias)}
 
 
+# module type -> rule(name, module, src) giving that module's state entries
 RULES = ((KTCConv, _ktc_conv), (PerHalfConv, _per_half), (FrameGroupNorm, _per_half),
          (KTCAttention, _attention), (KTCDownsample, _time_down), (KTCUpsample, _time_up))
 
