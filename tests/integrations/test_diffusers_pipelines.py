@@ -205,6 +205,12 @@ def test_guard_warns_where_a_pipeline_drops_frames():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipe(**{**kwargs, "num_frames": 9}, generator=generator())
+    # video-to-video: the pipeline would size its noise for 9 frames, the model encode 13
+    pipe, kwargs = build_pipeline("wan_v2v", make_vae(), num_frames=11)
+    with pytest.raises(ValueError, match="the video has 11 frames.*pass 9 or 13"):
+        guard_frame_counts(pipe)(**kwargs, generator=generator())
+    pipe, _ = build_pipeline("svd", make_vae())  # takes any count: nothing to guard
+    assert guard_frame_counts(pipe) is pipe and "prepare_latents" not in vars(pipe)
 
 
 RELOAD = """

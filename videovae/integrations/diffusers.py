@@ -138,21 +138,31 @@ def check_num_frames(vae, num_frames: int, strict: bool = False) -> None:
 
 
 def guard_frame_counts(pipe, strict: bool = False):
-    """Make `pipe(num_frames=T)` (or a video of T frames, for video-to-video) warn, or raise when
-    `strict`, where the pipeline would drop frames. Wraps this instance's `prepare_latents`,
-    where every pipeline turns T into latent frames; returns `pipe`."""
+    """Make `pipe(num_frames=T)` warn, or raise when `strict`, where the pipeline would drop
+    frames, and a video-to-video input of T frames raise (the pipeline sizes its noise for
+    (T - 1) // r + 1 latent frames, the model pads T to 1 + r*k: the shapes would not match).
+    Wraps this instance's `prepare_latents`, where every pipeline turns T into latent frames;
+    returns `pipe`. videovae's own pipelines take any T and are returned as they are."""
+    if pipeline_convention(pipe) == _OURS:
+        return pipe
     original = pipe.prepare_latents
     signature = inspect.signature(original)
 
     @functools.wraps(original)
     def prepare_latents(*args, **kwargs):
         bound = signature.bind_partial(*args, **kwargs).arguments
-        frames = bound.get("num_frames")
         video = bound.get("video")
-        if frames is None and video is not None and getattr(video, "ndim", 0) == 5:
-            frames = video.shape[2]
-        if frames is not None and bound.get("latents") is None:
-            check_num_frames(pipe.vae, int(frames), strict)
+        if bound.get("latents") is not None:
+            pass
+        elif bound.get("num_frames") is not None:
+            check_num_frames(pipe.vae, int(bound["num_frames"]), strict)
+        elif getattr(video, "ndim", 0) == 5:  # (B, C, T, H, W)
+            fits = valid_num_frames(pipe.vae, video.shape[2])
+            if fits != (video.shape[2],):
+                raise ValueError(f"the video has {video.shape[2]} frames, not 1 + "
+                                 f"{pipe.vae.temporal_compression_ratio}k: the pipeline sizes "
+                                 f"its latents for {fits[0]} frames, the model encodes "
+                                 f"{fits[1]}; pass {fits[0]} or {fits[1]} frames")
         return original(*args, **kwargs)
 
     pipe.prepare_latents = prepare_latents

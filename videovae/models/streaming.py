@@ -105,11 +105,37 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
                                 spatial_compression_ratio=s_ratio)
         self.temporal_compression_ratio = t_ratio
         self.spatial_compression_ratio = s_ratio
+
+    @staticmethod
+    def _check_latent_stats(latent_channels: int, latents_mean, latents_std) -> None:
+        for name, stats in (("latents_mean", latents_mean), ("latents_std", latents_std)):
+            if stats is not None and len(stats) != latent_channels:
+                raise ValueError(f"{name} has {len(stats)} values for {latent_channels} channels")
+
+    def _init_streaming(self) -> None:
+        self._register_pipeline_names()
+        r = self.temporal_compression_ratio
+        self.encode_chunk_frames = r * -(-ENCODE_CHUNK_FRAMES // r)
+        self.decode_chunk_latents = DECODE_CHUNK_LATENTS
+        self.use_tiling = False
+        self.use_slicing = False
+        self.tile_sample_size = TILE_SAMPLE_SIZE
+        self.tile_sample_overlap = TILE_SAMPLE_OVERLAP
+        self.tile_latent_frames = TILE_LATENT_FRAMES
+        self.tile_latent_overlap = TILE_LATENT_OVERLAP
+
+    # ------------------------------------------------------------------ names pipelines read
+    def _register_pipeline_names(self) -> None:
+        """Derive the config names diffusers video pipelines read (`PIPELINE_CONFIG_KEYS`) from
+        the ratios and latent channels, at every init (the attributes are properties below);
+        check `block_out_channels`, from which CogVideoX, AnimateDiff and SVD compute the
+        spatial ratio."""
+        t, s = self.temporal_compression_ratio, self.spatial_compression_ratio
         boc = self.config.get("block_out_channels")
-        if boc is not None and 2 ** (len(boc) - 1) != s_ratio:  # CogVideoX, AnimateDiff, SVD
+        if boc is not None and 2 ** (len(boc) - 1) != s:
             raise ValueError(f"pipelines read the spatial ratio as 2**(len(block_out_channels)-1)"
-                             f" = {2 ** (len(boc) - 1)}, but the layers give {s_ratio}")
-        self.register_to_config(scale_factor_temporal=t_ratio, scale_factor_spatial=s_ratio,
+                             f" = {2 ** (len(boc) - 1)}, but the layers give {s}")
+        self.register_to_config(scale_factor_temporal=t, scale_factor_spatial=s,
                                 z_dim=self.config.latent_channels, timestep_conditioning=False,
                                 invert_scale_latents=False)
 
@@ -125,7 +151,6 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
             hidden[ABSORB_KEY] = absorb
         return init_dict, unused, hidden
 
-    # ------------------------------------------------------------------ names pipelines read
     @property
     def temperal_downsample(self) -> list[bool]:
         """Wan's name (and spelling): 2**sum gives the temporal ratio, 2**len the spatial one."""
@@ -166,23 +191,6 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
                              f"{norm_num_groups}")
         self._set_ratios(2 ** sum(bool(d) for d in temporal_downsample),
                          2 ** (len(block_out_channels) - 1), given_t, given_s)
-
-    @staticmethod
-    def _check_latent_stats(latent_channels: int, latents_mean, latents_std) -> None:
-        for name, stats in (("latents_mean", latents_mean), ("latents_std", latents_std)):
-            if stats is not None and len(stats) != latent_channels:
-                raise ValueError(f"{name} has {len(stats)} values for {latent_channels} channels")
-
-    def _init_streaming(self) -> None:
-        r = self.temporal_compression_ratio
-        self.encode_chunk_frames = r * -(-ENCODE_CHUNK_FRAMES // r)
-        self.decode_chunk_latents = DECODE_CHUNK_LATENTS
-        self.use_tiling = False
-        self.use_slicing = False
-        self.tile_sample_size = TILE_SAMPLE_SIZE
-        self.tile_sample_overlap = TILE_SAMPLE_OVERLAP
-        self.tile_latent_frames = TILE_LATENT_FRAMES
-        self.tile_latent_overlap = TILE_LATENT_OVERLAP
 
     # ------------------------------------------------------------------ loading
     @classmethod
