@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .data.transforms import resize_crop
 from .errors import VideoVAEError
 from .files import pixel_chunks
-from .io.atomic import atomic_output
+from .io.atomic import atomic_output, write_json
 from .io.latent_file import config_hash
 from .io.listing import MEDIA_SUFFIXES, list_files
 from .io.video import VideoReader
@@ -132,8 +132,7 @@ class Extractor:
         if self.acc.is_main_process:
             (self.out / "shards").mkdir(parents=True, exist_ok=True)
             if not meta_path.is_file():
-                with atomic_output(meta_path, overwrite=True) as tmp:
-                    tmp.write_text(json.dumps(self.meta, indent=2))
+                write_json(meta_path, self.meta)
         self.acc.wait_for_everyone()
         have = json.loads(meta_path.read_text())
         for key in ("format", "model_class", "config_hash", "data", "options", "normalization"):
@@ -258,8 +257,7 @@ class Extractor:
                    "windows": len(rows), "frames": sum(r["num_frames"] for r in rows),
                    "shards": self.num_shards, "processes": self.acc.num_processes,
                    "seconds": round(seconds, 3)}
-        with atomic_output(self.out / "summary.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps(summary, indent=2))
+        write_json(self.out / "summary.json", summary)
         return summary
 
 

@@ -4,7 +4,6 @@ same seed and budget, and write REPORT.json, REPORT.md (table) and REPORT.png (c
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..errors import VideoVAEError
 from ..extract import ExtractOptions, bucket_transform, run_extract
-from ..io.atomic import atomic_output
+from ..io.atomic import atomic_output, write_json
 from ..io.video import VideoReader, frames_to_tensor
 from ..metrics import psnr_per_frame
 from .probe import ProbeConfig, run_probe, standardize
@@ -99,8 +98,7 @@ def learnability(model_dirs, data_path, out_path, cfg: ProbeConfig, *, frames: i
                                     name=name)
     report = {"data": str(data_path), "frames": frames, "resolution": resolution,
               "probe": vars(cfg), "models": results}
-    with atomic_output(outputs[0], overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
+    write_json(outputs[0], report, overwrite=overwrite)  # strict: a NaN loss becomes null
     with atomic_output(outputs[1], overwrite=overwrite) as tmp:
         tmp.write_text(markdown_table(results))
     with atomic_output(outputs[2], overwrite=overwrite) as tmp:
