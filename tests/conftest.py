@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import SD3_CONFIG, SD_CONFIG, tiny_vae  # noqa: E402
+from helpers import SD3_CONFIG, SD_CONFIG, reset_accelerate_state, tiny_vae  # noqa: E402
 from videovae.data.synthetic import load_photo, pan_zoom_clip  # noqa: E402
 from videovae.io.video import write_video  # noqa: E402
 from videovae.runtime import setup_cpu  # noqa: E402
@@ -36,11 +36,7 @@ def sd3_vae():
 def fresh_accelerate_state():
     """Accelerate keeps process-wide singletons; reset them after a test that trains."""
     yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate_state()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,16 @@ SD3_CONFIG = sd_vae_config(latent_channels=16, sample_size=1024, scaling_factor=
                            shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
 
 
+def reset_accelerate_state():
+    """Accelerate keeps process-wide singletons; a second training run in one process needs them
+    reset."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
 def tiny_vae(seed=0, arch="cv", **kw):
     torch.manual_seed(seed)
     return family_class(arch)(**{**TINY, **kw}).eval()

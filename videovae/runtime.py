@@ -66,11 +66,12 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes free for activations on `device` (CUDA: free device memory; CPU: MemAvailable), or
-    None when unknown."""
+    """Bytes free for activations on `device` (CUDA: free device memory plus what torch's cache
+    holds unused; CPU: MemAvailable), or None when unknown."""
     try:
         if device.type == "cuda":
-            return int(torch.cuda.mem_get_info(device)[0])
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+            return int(torch.cuda.mem_get_info(device)[0] + cached)
         if device.type == "cpu":
             with open("/proc/meminfo") as f:
                 for line in f:

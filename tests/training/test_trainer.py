@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import tiny_image_vae, write_media
+from helpers import reset_accelerate_state, tiny_image_vae, write_media
 from videovae import VideoVAE
 from videovae.data import StepBatches, build_sources, validation_clips
 from videovae.data.synthetic import load_photo, pan_zoom_clip
+from videovae.errors import VideoVAEError
 from videovae.io.video import write_video as write_clip
 from videovae.metrics import mean_psnr_ssim
 from videovae.training.config import load_train_config
@@ -26,14 +27,6 @@ TINY_MODEL = ["model.block_out_channels=[8,16,16,16]", "model.layers_per_block=1
 # one small synthetic clip per step: for the tests that are about the loop, not the data
 SMALL_DATA = "data.sources=[{type: synthetic, num_frames: 5, resolution: 32, batch_size: 1}]"
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
-
-
-def _reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def _overrides(out, steps, extra=()):
@@ -220,7 +213,14 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_
     before = _metrics(out)
     assert [r["step"] for r in before] == [1, 2, 3, 4]
 
-    _reset_accelerate()
+    # the partial folder named explicitly: a readable error, nothing changed
+    reset_accelerate_state()
+    partial = ckpts / ".checkpoint-4.partial"
+    with pytest.raises(VideoVAEError, match=f"cannot resume from {partial}: .*incomplete"):
+        _run(_overrides(out, 4, [*extra, f"train.resume_from={partial}"]))
+    assert _metrics(out) == before
+
+    reset_accelerate_state()
     caplog.set_level("INFO", logger="videovae")
     _run(_overrides(out, 4, [*extra, "train.resume_from=latest"]))
     assert f"resumed from {ckpts / 'checkpoint-2'} at step 2" in caplog.text

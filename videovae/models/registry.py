@@ -7,7 +7,10 @@ import it (`inflate` loads that plug-in by name on first use).
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -61,6 +64,20 @@ def inflate(path, arch: str = "cv", **overrides):
     return _INFLATER[0](path, arch=arch, **overrides)
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_model_location(path) -> None:
+    """A model location is an existing folder, or else an `owner/name` hub id."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        return
+    if os.path.exists(p):
+        raise ModelLoadError(f"{p} is a file; a model is a folder (config.json + weights)")
+    if not _HUB_ID.fullmatch(p) or p.startswith((".", "/")) or ".." in p:
+        raise ModelLoadError(f"no model folder at {p} (and it is not an owner/name hub id)")
+
+
 def model_class_for(model_dir) -> type:
     """The family class a model folder was saved from."""
     name = read_model_config(model_dir).get("_class_name")
@@ -75,6 +92,10 @@ def load_model(model_dir, device=None, dtype=torch.float32):
     with gradients off. Errors name the folder; weights that are not finite (a diverged
     training run) are refused."""
     cls = model_class_for(model_dir)
+    if not any((Path(model_dir) / f"diffusion_pytorch_model.{ext}").is_file()
+               for ext in ("safetensors", "bin", "safetensors.index.json", "bin.index.json")):
+        raise ModelLoadError(f"{model_dir} has a config.json but no weights "
+                             "(diffusion_pytorch_model.safetensors)")
     try:
         vae = cls.from_pretrained(str(model_dir), torch_dtype=dtype)
     except ModelLoadError:

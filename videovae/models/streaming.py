@@ -22,8 +22,7 @@ passes equal one full pass for chunks of whole groups, which is all this module 
 
 from __future__ import annotations
 
-import os
-import re
+import math
 from typing import Iterable, Iterator
 
 import torch
@@ -33,14 +32,13 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from ..errors import ModelLoadError
 from ..latents import ABSORB_KEY, absorbed_affine, network_latents, offset_and_gain
 from .distributions import DiagonalGaussianDistribution
 from .frames import (frame_counts_for, num_decoded_frames, pad_frames, pad_video,
                      repeat_last_frame)
 from .layers import StreamState
 from .tiling import blend_temporal_windows, tile_spans, tiled_apply_2d
-from .registry import inflate
+from .registry import check_model_location, inflate
 
 # Defaults of the memory knobs (not part of the config; results do not depend on them).
 ENCODE_CHUNK_FRAMES = 16  # frames per internal encode step (rounded up to the temporal ratio)
@@ -50,20 +48,6 @@ TILE_LATENT_FRAMES, TILE_LATENT_OVERLAP = 8, 2  # temporal tiles of non-causal d
 # Pixels are in [-1, 1]; inputs beyond this are refused as another scale (0..255 frames). The
 # margin leaves room for resampling overshoot.
 PIXEL_RANGE_LIMIT = 1.5
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def check_model_location(path) -> None:
-    """A model location is an existing folder, or else an `owner/name` hub id."""
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        return
-    if os.path.exists(p):
-        raise ModelLoadError(f"{p} is a file; a model is a folder (config.json + weights)")
-    if not _HUB_ID.fullmatch(p) or p.startswith((".", "/")) or ".." in p:
-        raise ModelLoadError(f"no model folder at {p} (and it is not an owner/name hub id)")
 
 
 def _raise_nonfinite(t: torch.Tensor, what: str):
@@ -314,7 +298,7 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
                              "for you, or use videovae.pad_video")
         if x.numel():
             lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-            if lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 if self._checks_values():
                     _raise_nonfinite(x, what)
             elif lo < -PIXEL_RANGE_LIMIT or hi > PIXEL_RANGE_LIMIT:

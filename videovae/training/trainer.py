@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import to_flat_dict
 from ..data import build_sources, make_loader, validation_clips
-from ..errors import TrainingDivergedError, VideoVAEError
+from ..errors import TrainingDivergedError, VideoVAEError, one_line
 from ..io.atomic import atomic_output, to_json
 from ..runtime import setup_cpu
 from .build import build_models
@@ -92,13 +92,16 @@ def train(cfg: TrainConfig) -> Path:
         try:
             accelerator.load_state(str(resume))
         except Exception as e:  # noqa: BLE001 - a readable line, not a pickle traceback
-            raise VideoVAEError(f"cannot resume from {resume}: {type(e).__name__}: {e} (an "
-                                "incomplete checkpoint? resume from another one)") from e
+            raise VideoVAEError(f"cannot resume from {resume}: {type(e).__name__}: "
+                                f"{one_line(e)} (an incomplete checkpoint? resume from another "
+                                "one)") from e
         logger.info("resumed from %s at step %d", resume, state.step)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_metrics(out / "metrics.jsonl", state.step)
-        accelerator.init_trackers("videovae", config=to_flat_dict(cfg))
+        # TensorBoard hides the events a resumed run writes again (steps after the checkpoint)
+        accelerator.init_trackers("videovae", config=to_flat_dict(cfg), init_kwargs={
+            "tensorboard": {"purge_step": state.step + 1} if resume is not None else {}})
     sources = build_sources(cfg.data, vae.temporal_compression_ratio)
     loader = iter(make_loader(cfg.data, sources, run.seed, accelerator.process_index,
                               state.step * run.grad_accum))
