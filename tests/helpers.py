@@ -12,6 +12,7 @@ from videovae.convert import sd_vae_config
 from videovae.data.synthetic import load_photo, pan_zoom_clip
 from videovae.io.video import frames_to_tensor, write_video
 from videovae.models.registry import family_class
+from videovae.training.budget import reset_accelerate_state  # noqa: F401 - for the tests
 
 TOL = 1e-5  # exact-math tolerance in fp32 (streaming, chunking)
 INFLATE_TOL = 1e-4  # inflated model vs image VAE
@@ -23,16 +24,6 @@ TINY = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_gr
 SD_CONFIG = sd_vae_config(sample_size=512, scaling_factor=0.18215)
 SD3_CONFIG = sd_vae_config(latent_channels=16, sample_size=1024, scaling_factor=1.5305,
                            shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
-
-
-def reset_accelerate_state():
-    """Accelerate keeps process-wide singletons; a second training run in one process needs them
-    reset."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def tiny_vae(seed=0, arch="cv", **kw):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import one_line
+from .errors import VideoVAEError, one_line
 
 logger = logging.getLogger("videovae")
 
@@ -200,17 +200,18 @@ def cmd_train(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
-    run_demo(args.output, image_steps=args.image_steps, video_steps=args.video_steps,
-             long_frames=args.long_frames)
+    run_demo(args.output, fine_tune_steps=args.fine_tune_steps, long_frames=args.long_frames)
 
 
 # ----------------------------------------------------------------------------------------------
 # Parser
 
+MODEL_HELP = ("model folder of any family (config.json + weights); default: the shipped model "
+              "(`default`)")
+
 
 def _model_options(s, reads_video: bool, output_help: str | None = None) -> None:
-    s.add_argument("--model", required=True,
-                   help="model folder of any family (config.json + weights)")
+    s.add_argument("--model", default=None, help=MODEL_HELP)
     if output_help:  # optional output
         s.add_argument("-o", "--output", default=None, help=output_help)
     else:
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("extract", help="latents of a whole data set, in shards with an index "
                        "(run under `accelerate launch` for several GPUs or machines)")
-    s.add_argument("--model", required=True, help="model folder of any family")
+    s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest of videos/images")
     s.add_argument("-o", "--output", required=True, help="output folder (a rerun resumes it)")
     s.add_argument("--window-frames", type=int, default=None,
@@ -319,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("learnability", help="how easily a small diffusion model learns each "
                        "model's latents (same clips, seed and budget), next to reconstruction")
-    s.add_argument("--model", action="append", required=True,
-                   help="model folder (repeat to compare several)")
+    s.add_argument("--model", action="append", default=None,
+                   help="model folder (repeat to compare several; default: the shipped model)")
     s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest of videos")
     s.add_argument("-o", "--output", required=True, help="report JSON (.md and .png beside it)")
     s.add_argument("--frames", type=int, default=9, help="clip length (1 + 4k)")
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_learnability)
 
     s = sub.add_parser("latent-stats", help="measure latent scaling statistics over a data set")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", default=None, help=MODEL_HELP)
     s.add_argument("--data", required=True, help="folder or CSV/JSONL manifest")
     s.add_argument("--kind", default="video", choices=["video", "image"])
     s.add_argument("--clips", type=int, default=64)
@@ -356,10 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="e.g. train.max_steps=100 optim.lr=2e-4")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("demo", help="CPU-friendly end-to-end run on bundled photos")
+    s = sub.add_parser("demo", help="the three jobs with the shipped models, on a CPU, in minutes")
     s.add_argument("-o", "--output", default="videovae_demo", help="output folder")
-    s.add_argument("--image-steps", type=int, default=300, help="image VAE training steps")
-    s.add_argument("--video-steps", type=int, default=60, help="video fine-tuning steps")
+    s.add_argument("--fine-tune-steps", type=int, default=60,
+                   help="steps of the fine-tuning shown (about 3 s each on 2 CPU cores)")
     s.add_argument("--long-frames", type=int, default=241, help="length of the long clip")
     s.set_defaults(func=cmd_demo)
     return p
@@ -382,6 +383,7 @@ def _precheck(args) -> None:
         _require(args.latents, "latent file")
     if cmd in ("eval", "latent-stats", "extract", "learnability"):
         _require(args.data, "data path")
+    _resolve_models(args)
     models = getattr(args, "model", None)
     for model in models if isinstance(models, list) else [models] if models else []:
         read_model_config(model)
@@ -393,6 +395,29 @@ def _precheck(args) -> None:
     elif cmd in ("decode", "reconstruct"):
         check_output_suffix(output, WRITABLE_VIDEO_SUFFIXES, "a video format")
     check_output_path(Path(output), args.overwrite, is_dir=cmd == "inflate")
+
+
+def _resolve_models(args) -> None:
+    """No --model means the shipped default (said in one line); shipped names become folders.
+    (`--image-vae default`, the shipped image VAE, is resolved by `load_image_vae`.)"""
+    from .weights import default_model_dir, is_default_name
+
+    if not hasattr(args, "model"):
+        return
+    if not args.model:
+        if args.command == "latent-stats" and args.write:
+            raise VideoVAEError("latent-stats --write updates a model folder: name it with "
+                                "--model (the shipped model is not written to)")
+        path = default_model_dir("default")
+        print(f"videovae {args.command}: no --model given, using the shipped default model "
+              f"({path})", file=sys.stderr)
+        args.model = ["default"] if args.command == "learnability" else "default"
+    names = args.model if isinstance(args.model, list) else [args.model]
+    if args.command == "latent-stats" and args.write and is_default_name(args.model):
+        raise VideoVAEError("latent-stats --write would change the shipped model: copy "
+                            f"{default_model_dir(args.model)} and write to the copy")
+    paths = [str(default_model_dir(m)) if is_default_name(m) else m for m in names]
+    args.model = paths if isinstance(args.model, list) else paths[0]
 
 
 def _require(path, what: str) -> None:

@@ -1,14 +1,17 @@
-"""`videovae demo`: the three jobs end to end on a CPU, with nothing downloaded.
+"""`videovae demo`: the three jobs with the models shipped in the package, on a CPU, with nothing
+downloaded, in a few minutes.
 
-1. train a small SD-layout image VAE (diffusers `AutoencoderKL`) on crops of bundled photos,
-   inflate it into a video VAE and check that a one-frame video and a still clip reconstruct
-   exactly as the image VAE does;
-2. fine-tune the video VAE on images and pan/zoom clips with `videovae train`, keeping the image
-   VAE frozen for CV-VAE's latent regularization;
-3. reconstruct a held-out real-photo clip with the image VAE per frame, the inflated video VAE
-   and the fine-tuned one (PSNR/SSIM next to the bicubic 8x baseline, side-by-side video), then
-   encode a long clip to a latent file and decode it back, streamed, checking the frame count and
-   that streamed encoding equals a full pass.
+1. inflation: the shipped image VAE (SD layout, 16 latent channels) inflated into both video
+   families; a one-frame video and every frame of a still clip reconstruct exactly as the image
+   VAE does;
+2. quality: a held-out real-photo clip (a camera pan over the cat photo, never trained on)
+   reconstructed by the image VAE frame by frame, the shipped video VAE and bicubic 8x
+   down-up, with PSNR; a PNG sheet of frames and a side-by-side video;
+3. fine-tuning: `videovae train` continues the shipped video VAE on images and clips, with
+   CV-VAE's latent regularization against the frozen shipped image VAE (progress bar with a time
+   estimate); a loss-curve PNG; the fine-tuned model is measured on the same held-out clip;
+4. long video: a 241-frame clip encoded into a latent file and decoded back, streamed, checking
+   the frame count and that streamed encoding equals one full pass.
 """
 
 from __future__ import annotations
@@ -20,114 +23,135 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-IMAGE_VAE = dict(block_out_channels=[32, 64, 128, 128], layers_per_block=1, latent_channels=4,
-                 norm_num_groups=8)  # `sd_vae_config` arguments
-FINE_TUNE = {  # `videovae train` settings for the video stage
+FINE_TUNE = {  # `videovae train` settings of step 3 (init_from_* and max_steps are filled in)
     "data": {"num_workers": 1, "val_clips": 2, "val_num_frames": 9, "val_resolution": [64, 64],
              "sources": [
                  {"name": "images", "type": "synthetic", "num_frames": 1, "resolution": 64,
-                  "batch_size": 8, "weight": 0.5},
+                  "batch_size": 8, "weight": 0.3},
                  {"name": "clips", "type": "synthetic", "num_frames": 9, "resolution": 64,
-                  "batch_size": 2, "weight": 0.5}]},
+                  "batch_size": 2, "weight": 0.7}]},
     "loss": {"perceptual_weight": 0.0, "kl_weight": 1e-6, "disc_weight": 0.0,
              "reg_dec_weight": 1.0, "reg_mapping": "random"},
-    "optim": {"lr": 5e-5, "warmup_steps": 10, "min_lr_ratio": 0.1},
-    "train": {"ema_decay": 0.0, "checkpoint_every": 0, "log_every": 10, "val_every": 0},
+    "optim": {"lr": 2e-5, "warmup_steps": 5, "min_lr_ratio": 0.1},
+    "train": {"ema_decay": 0.0, "checkpoint_every": 0, "log_every": 5, "val_every": 0},
 }
+SHEET_FRAMES = [0, 3, 6, 9, 12, 16, 24, 32]
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
+    return ((x[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
 
 
 @torch.no_grad()
-def _compare_on_clip(x, image_vae, inflated, tuned) -> dict:
-    """Held-out clip x (1, 3, T, H, W): image VAE per frame, inflated and fine-tuned video VAE."""
-    from .metrics import mean_psnr_ssim
+def check_inflation(image_vae) -> dict:
+    """Max |diff| to the image VAE of each inflated family on one frame and on a still clip."""
+    from .convert import inflate_from_model
+    from .data.synthetic import load_photo, pan_zoom_clip
+    from .io.video import frames_to_tensor
 
-    frames = x[0].transpose(0, 1)
-    per_frame = image_vae(frames).sample.transpose(0, 1)[None]
-    low = F.interpolate(frames, scale_factor=1 / 8, mode="area")
-    bicubic = F.interpolate(low, size=frames.shape[-2:], mode="bicubic",
-                            align_corners=False).transpose(0, 1)[None]
+    x = frames_to_tensor(pan_zoom_clip(load_photo("astronaut"), 1, (64, 96)))
+    ref = image_vae(x[:, :, 0]).sample
     out = {}
-    for name, rec in (("image_vae_per_frame", per_frame), ("video_vae_inflated", inflated(x).sample),
-                      ("video_vae_fine_tuned", tuned(x).sample), ("bicubic_down_up_8x", bicubic)):
-        psnr, ssim = mean_psnr_ssim(x, rec)
-        out[name] = {"psnr": psnr, "ssim": ssim}
+    for arch in ("cv", "ktc"):
+        vae = inflate_from_model(image_vae, arch).eval()
+        one = vae(x).sample[:, :, 0]
+        still = vae(x.expand(-1, -1, 9, -1, -1)).sample
+        out[arch] = {"one_frame_max_abs_diff": (one - ref).abs().max().item(),
+                     "still_clip_max_abs_diff": (still - ref[:, :, None]).abs().max().item()}
     return out
 
 
-def run_demo(out_dir="videovae_demo", image_steps: int = 300, video_steps: int = 60,
-             long_frames: int = 241) -> dict:
+def _curve(metrics_file: Path) -> list[list[float]]:
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    return [[r["step"], r["train/rec"]] for r in rows if r.get("train/rec") is not None]
+
+
+def run_demo(out_dir="videovae_demo", fine_tune_steps: int = 60, long_frames: int = 241,
+             model: str = "default") -> dict:
     from .config import from_dict
-    from .convert import inflate_from_model
+    from .convert import load_image_vae
     from .data.synthetic import load_photo, pan_zoom_clip
     from .files import decode_file, encode_file, reconstruct_file
+    from .heldout import bicubic, evaluate, per_frame, video
     from .io.video import VideoReader, frames_to_tensor, write_video
     from .models.registry import load_model
+    from .plots import contact_sheet, plot_curves
+    from .training.budget import reset_accelerate_state
     from .training.config import TrainConfig
-    from .training.image_vae import train_image_vae
     from .training.trainer import train
+    from .weights import default_model_dir
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {}
     t0 = time.perf_counter()
+    model_dir = default_model_dir(model)
+    image_dir = default_model_dir("default-image-vae")
+    summary = {"model": str(model_dir), "image_vae": str(image_dir)}
+    print(f"videovae demo: shipped models in {model_dir.parent} (how they were trained: "
+          f"{model_dir.parent / 'TRAINING.md'})", flush=True)
 
-    print(f"[1/3] training a small image VAE for {image_steps} steps on 64 px crops of bundled "
-          "photos, then inflating it into a video VAE ...", flush=True)
-    image_vae, losses = train_image_vae(IMAGE_VAE, image_steps)
-    image_vae.save_pretrained(out / "image_vae")
-    inflated = inflate_from_model(image_vae).eval()
-    inflated.save_pretrained(out / "video_vae_inflated")
-    x = frames_to_tensor(pan_zoom_clip(load_photo("astronaut"), 1, (64, 96)))
-    with torch.no_grad():
-        ref = image_vae(x[:, :, 0]).sample
-        one = inflated(x).sample[:, :, 0]
-        still = inflated(x.expand(-1, -1, 9, -1, -1)).sample
-    summary["image_vae"] = {"steps": image_steps, "l1_start": losses[0],
-                            "l1_end": float(np.mean(losses[-10:]))}
-    summary["inflation"] = {"one_frame_max_abs_diff": (one - ref).abs().max().item(),
-                            "still_clip_max_abs_diff": (still - ref[:, :, None]).abs().max().item()}
-    print(f"      image VAE L1 {losses[0]:.3f} -> {summary['image_vae']['l1_end']:.3f}; "
-          f"inflated video VAE vs image VAE: one frame max |diff| "
-          f"{summary['inflation']['one_frame_max_abs_diff']:.1e}, still 9-frame clip "
-          f"{summary['inflation']['still_clip_max_abs_diff']:.1e}")
+    print("[1/4] inflating the shipped image VAE into both video families ...", flush=True)
+    image_vae, _ = load_image_vae(image_dir)
+    summary["inflation"] = check_inflation(image_vae)
+    for arch, d in summary["inflation"].items():
+        print(f"      {arch}: one frame max |diff| {d['one_frame_max_abs_diff']:.1e}, still "
+              f"9-frame clip {d['still_clip_max_abs_diff']:.1e} (fp32; 0 up to rounding)")
 
-    print(f"[2/3] fine-tuning the video VAE for {video_steps} steps on images + clips, with "
-          "latent regularization against the frozen image VAE ...", flush=True)
-    cfg = from_dict(TrainConfig, {**FINE_TUNE, "train": {
-        **FINE_TUNE["train"], "max_steps": video_steps, "output_dir": str(out / "train"),
-        "init_from_image_vae": str(out / "image_vae")}})
-    model_dir = train(cfg)
-    metrics = [json.loads(line) for line in
-               (out / "train" / "metrics.jsonl").read_text().splitlines()]
-    summary["fine_tune"] = {"steps": video_steps, "model": str(model_dir),
-                            "rec_start": metrics[0]["train/rec"],
-                            "rec_end": float(np.mean([m["train/rec"] for m in metrics[-10:]])),
-                            "reg_dec_end": float(np.mean([m["train/reg_dec"]
-                                                          for m in metrics[-10:]]))}
-
-    print("[3/3] held-out clip and a long clip through the file API ...", flush=True)
+    print("[2/4] a held-out clip (a pan over the cat photo, never trained on) ...", flush=True)
     inputs = out / "inputs"
     inputs.mkdir(exist_ok=True)
-    held_out = pan_zoom_clip(load_photo("chelsea"), 33, (96, 128), speed=1.5, zoom=0.005)
-    write_video(inputs / "chelsea_33.mp4", held_out, fps=12, crf=0)
+    frames = pan_zoom_clip(load_photo("chelsea"), 33, (96, 128), speed=1.5, zoom=0.005)
+    write_video(inputs / "chelsea_33.mp4", frames, fps=12, crf=0)
+    clip = {"chelsea": frames_to_tensor(frames)}
     vae = load_model(model_dir)
-    summary["held_out"] = _compare_on_clip(frames_to_tensor(held_out), image_vae, inflated, vae)
-    for name, m in summary["held_out"].items():
-        print(f"      {name:22s} PSNR {m['psnr']:6.2f} dB  SSIM {m['ssim']:.3f}")
+    recs = {"image VAE per frame": per_frame(image_vae), "video VAE (shipped)": video(vae),
+            "bicubic 8x down-up": bicubic(8)}
+    rows = {name: evaluate(name, f, clip) for name, f in recs.items()}
+    summary["held_out"] = {n: {"psnr": r["psnr"], "ssim": r["ssim"],
+                               "color_error": r["color_error"]} for n, r in rows.items()}
+    for name, r in rows.items():
+        print(f"      {name:22s} PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.3f}  colour error "
+              f"{max(r['color_error']):.1f}/255")
+    with torch.no_grad():
+        sheet = [("input", frames)] + [
+            (f"{name}: {rows[name]['psnr']:.2f} dB", _to_uint8(f(clip["chelsea"])))
+            for name, f in recs.items()]
+    contact_sheet(sheet, SHEET_FRAMES, out / "chelsea_sheet.png")
     reconstruct_file(vae, inputs / "chelsea_33.mp4", out / "chelsea_reconstructed.mp4",
                      metrics_path=out / "chelsea_metrics.json", side_by_side=True,
                      overwrite=True, progress=False)
 
+    print(f"[3/4] fine-tuning the shipped video VAE for {fine_tune_steps} steps on images and "
+          "clips, with latent regularization against the frozen image VAE ...", flush=True)
+    reset_accelerate_state()
+    cfg = from_dict(TrainConfig, {**FINE_TUNE, "train": {
+        **FINE_TUNE["train"], "max_steps": fine_tune_steps, "output_dir": str(out / "train"),
+        "init_from_pretrained": str(model_dir), "image_vae": str(image_dir)}})
+    tuned_dir = train(cfg)
+    curve = _curve(out / "train" / "metrics.jsonl")
+    plot_curves({"reconstruction L1": curve}, out / "fine_tune_loss.png",
+                title="fine-tuning: reconstruction loss per step")
+    tuned = load_model(tuned_dir)
+    r = evaluate("fine-tuned", video(tuned), clip)
+    summary["fine_tune"] = {"steps": fine_tune_steps, "model": str(tuned_dir),
+                            "rec_first": curve[0][1], "rec_last": curve[-1][1],
+                            "held_out_psnr": r["psnr"]}
+    print(f"      L1 {curve[0][1]:.4f} -> {curve[-1][1]:.4f}; held-out PSNR "
+          f"{rows['video VAE (shipped)']['psnr']:.2f} -> {r['psnr']:.2f} dB")
+
+    print(f"[4/4] a {long_frames}-frame clip through latent files, streamed ...", flush=True)
     long_clip = pan_zoom_clip(load_photo("rocket"), long_frames, (64, 96), speed=1.0)
-    write_video(inputs / f"rocket_{long_frames}.mp4", long_clip, fps=24, crf=0)
+    src = inputs / f"rocket_{long_frames}.mp4"
+    write_video(src, long_clip, fps=24, crf=0)
     lat = out / f"rocket_{long_frames}.safetensors"
-    info = encode_file(vae, inputs / f"rocket_{long_frames}.mp4", lat, overwrite=True)
-    dec = decode_file(vae, lat, out / f"rocket_{long_frames}_decoded.mp4", overwrite=True)
-    xt = frames_to_tensor(VideoReader(inputs / f"rocket_{long_frames}.mp4").read_all()[:33])
+    info = encode_file(vae, src, lat, overwrite=True, progress=False)
+    dec = decode_file(vae, lat, out / f"rocket_{long_frames}_decoded.mp4", overwrite=True,
+                      progress=False)
+    xt = frames_to_tensor(VideoReader(src).read_all()[:33])
     with torch.no_grad():
         full = vae.encode(xt).latent_dist.mode()
         streamed = torch.cat(list(vae.stream_encode(xt.split(3, dim=2))), dim=2)
@@ -135,11 +159,14 @@ def run_demo(out_dir="videovae_demo", image_steps: int = 300, video_steps: int =
                        "decoded_frames": dec["num_frames"],
                        "stream_vs_full_max_abs_diff": (streamed - full).abs().max().item()}
     print(f"      {long_frames} frames -> latents {tuple(info['latent_shape'])} -> "
-          f"{dec['num_frames']} frames; streamed (3-frame chunks) vs full pass max |diff| "
+          f"{dec['num_frames']} frames; streamed (3-frame chunks) vs one pass max |diff| "
           f"{summary['long']['stream_vs_full_max_abs_diff']:.1e}")
+
     summary["seconds"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"done in {summary['seconds'] / 60:.1f} min; outputs in {out}/ "
-          "(chelsea_reconstructed_side_by_side.mp4, summary.json, train/logs for TensorBoard). "
-          "Minutes of CPU training give blurry models; the pipeline is the point.")
+    print(f"done in {summary['seconds'] / 60:.1f} min. Look at:\n"
+          f"  {out / 'chelsea_sheet.png'}  frames: input, image VAE, video VAE, bicubic\n"
+          f"  {out / 'chelsea_reconstructed_side_by_side.mp4'}  input | video VAE\n"
+          f"  {out / 'fine_tune_loss.png'}  the fine-tuning loss curve\n"
+          f"  {out / 'summary.json'}  every number above; {out / 'train'}/logs for TensorBoard")
     return summary

@@ -267,6 +267,35 @@ def test_from_image_vae_with_regularization(tmp_path):
     assert list(vae.config.block_out_channels) == [8, 16, 16, 16]
 
 
+def test_continue_a_model_folder_with_a_frozen_image_vae(tmp_path):
+    """train.init_from_pretrained + train.image_vae: the regularization runs against the named
+    image VAE (how the demo continues the shipped model); setting both starts is an error."""
+    from videovae.convert import inflate_from_model
+    from videovae.errors import ConfigError
+    from videovae.training.build import build_models
+
+    image_vae = tiny_image_vae()
+    image_vae.save_pretrained(tmp_path / "image_vae")
+    inflate_from_model(image_vae).save_pretrained(tmp_path / "start")
+    common = [f"train.init_from_pretrained={tmp_path / 'start'}", "model={}",
+              f"train.image_vae={tmp_path / 'image_vae'}", "loss.reg_dec_weight=1.0"]
+    cfg = load_train_config(str(ROOT / "configs" / "train" / "tiny_cpu.yaml"), common)
+    vae, frozen = build_models(cfg)
+    start = VideoVAE.from_pretrained(tmp_path / "start")
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(),
+                                                 start.state_dict().values()))
+    assert frozen is not None and not any(p.requires_grad for p in frozen.parameters())
+    out = tmp_path / "run"
+    _run([*common, f"train.output_dir={out}", "train.max_steps=2", "train.val_every=0",
+          "train.checkpoint_every=0", "data.num_workers=0", "data.val_clips=1",
+          "data.val_num_frames=5", "data.val_resolution=[32,32]", SMALL_DATA])
+    assert all(r["train/reg_dec"] is not None for r in _metrics(out))
+    both = load_train_config(str(ROOT / "configs" / "train" / "tiny_cpu.yaml"),
+                             [*common, f"train.init_from_image_vae={tmp_path / 'image_vae'}"])
+    with pytest.raises(ConfigError, match="both set"):
+        build_models(both)
+
+
 @pytest.mark.slow
 def test_two_process_accelerate_launch(tmp_path):
     write_media(tmp_path / "data")

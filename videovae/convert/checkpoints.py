@@ -152,8 +152,13 @@ def load_image_vae(path, image_vae_type: str | None = None,
     """Load an image VAE as a diffusers `AutoencoderKL` (fp32, eval) and name its family.
 
     `image_vae_type` ("sd", "sdxl", "sd3", "flux") fixes the latent scaling when the source does
-    not say (a bare VAE file cannot tell SD from SDXL, or SD3 from FLUX).
+    not say (a bare VAE file cannot tell SD from SDXL, or SD3 from FLUX). `"default"` is the
+    image VAE shipped with the package.
     """
+    from ..weights import default_model_dir
+
+    if str(path) in ("default", "default-image-vae"):
+        path = default_model_dir("default-image-vae")
     path = Path(path)
     if image_vae_type is not None and image_vae_type not in KNOWN_IMAGE_VAES:
         raise ImageVAEError(f"image_vae_type must be one of {sorted(KNOWN_IMAGE_VAES)}")

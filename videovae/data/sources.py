@@ -23,6 +23,7 @@ from .transforms import to_clip
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 20
+IMAGE_CACHE_BYTES = 1 << 30  # decoded images kept in memory per source (and per loader worker)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class SourceConfig:
     weight: float = 1.0  # sampling probability (normalized over sources)
     random_crop: bool = True  # False: center crop
     hflip: bool = False
+    crop_scale: float | list[float] = 1.0  # <1 (or [min, max]): random-resized crops, see to_clip
 
 
 class ClipSource:
@@ -61,6 +63,8 @@ class ClipSource:
         else:
             suffixes = IMAGE_SUFFIXES if cfg.type == "image" else MEDIA_SUFFIXES
             self.files = list_files(cfg.path, suffixes)
+        self._images: dict[Path, np.ndarray] = {}  # decoded images, up to IMAGE_CACHE_BYTES
+        self._image_bytes = 0
         stride = cfg.frame_stride if isinstance(cfg.frame_stride, (list, tuple)) else \
             [cfg.frame_stride] * 2
         self.stride = (int(stride[0]), int(stride[-1]))
@@ -70,9 +74,15 @@ class ClipSource:
 
     def _read(self, path: Path, rng) -> np.ndarray:
         t = self.cfg.num_frames
+        if path in self._images:
+            return self._images[path]
         reader = VideoReader(path)
         if reader.backend == "image":
-            return reader.read_all()
+            frames = reader.read_all()
+            if self._image_bytes + frames.nbytes <= IMAGE_CACHE_BYTES:
+                self._images[path] = frames
+                self._image_bytes += frames.nbytes
+            return frames
         if t == 1:
             return reader.read_frames([int(rng.integers(0, reader.num_frames))])
         stride = int(rng.integers(self.stride[0], self.stride[1] + 1))
@@ -105,6 +115,7 @@ class ClipSource:
                     reason = f"{path}: {one_line(e)}"
                     logger.warning("skipping unreadable %s", reason)
                     continue
-            return to_clip(frames, self.size, rng, self.cfg.random_crop, self.cfg.hflip), skipped
+            return to_clip(frames, self.size, rng, self.cfg.random_crop, self.cfg.hflip,
+                           self.cfg.crop_scale), skipped
         raise VideoVAEError(f"source {self.cfg.name} ({self.cfg.path}): {MAX_RETRIES} unreadable "
                             f"files in a row, the last {reason}")

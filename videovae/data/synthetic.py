@@ -25,10 +25,12 @@ def load_photo(name: str = "astronaut") -> np.ndarray:
         import skimage.data as data
     except ImportError:
         return procedural_image(seed=sum(map(ord, name)))
-    if name == "motorcycle_left":
-        img = data.stereo_motorcycle()[0]
+    if name in ("motorcycle_left", "motorcycle_right"):
+        img = data.stereo_motorcycle()[0 if name.endswith("left") else 1]
     else:
         img = getattr(data, name)()
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     return np.ascontiguousarray(img[..., :3]).astype(np.uint8)

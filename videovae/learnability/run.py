@@ -16,7 +16,8 @@ from ..io.atomic import atomic_output, write_json
 from ..io.video import VideoReader, frames_to_tensor
 from ..metrics import psnr_per_frame
 from .probe import ProbeConfig, run_probe, standardize
-from .report import markdown_table, plot_curves
+from ..plots import plot_curves
+from .report import markdown_table
 
 logger = logging.getLogger(__name__)
 

@@ -87,10 +87,14 @@ def model_class_for(model_dir) -> type:
     return _CLASS_NAMES[name]
 
 
-def load_model(model_dir, device=None, dtype=torch.float32):
+def load_model(model_dir="default", device=None, dtype=torch.float32):
     """Any family's folder (config.json + diffusion_pytorch_model.safetensors), in eval mode
     with gradients off. Errors name the folder; weights that are not finite (a diverged
-    training run) are refused."""
+    training run) are refused. `"default"` (and the other names of `videovae.weights.NAMES`) is
+    the model shipped with the package."""
+    from ..weights import resolve_model
+
+    model_dir = resolve_model(model_dir)
     cls = model_class_for(model_dir)
     if not any((Path(model_dir) / f"diffusion_pytorch_model.{ext}").is_file()
                for ext in ("safetensors", "bin", "safetensors.index.json", "bin.index.json")):

@@ -35,7 +35,8 @@ class RunConfig:
     output_dir: str = "runs/videovae"
     init_from_image_vae: str | None = None  # inflate this image VAE; kept frozen for reg losses
     image_vae_type: str | None = None  # sd | sdxl | sd3 | flux when the checkpoint does not say
-    init_from_pretrained: str | None = None  # start from a VideoVAE folder instead
+    init_from_pretrained: str | None = None  # start from a video VAE folder (or "default")
+    image_vae: str | None = None  # frozen image VAE for reg losses (default: init_from_image_vae)
     max_steps: int = 1000  # length of the schedule
     stop_at: int | None = None  # exit after this step with a checkpoint (time-limited jobs)
     grad_accum: int = 1

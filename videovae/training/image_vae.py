@@ -14,22 +14,31 @@ from .optim import warmup_cosine
 
 
 def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int = 64,
-                    lr: float = 1e-3, seed: int = 0):
+                    lr: float = 1e-3, seed: int = 0, sources: list[SourceConfig] | None = None,
+                    on_step=None):
     """An SD-layout `AutoencoderKL` (`config`: `sd_vae_config` keyword arguments) trained with
-    L1 + KL on crops of the bundled photos (synthetic source). Returns (vae, L1 per step)."""
+    L1 + KL on one-frame crops of `sources` (each sample from one, drawn by `weight`; default:
+    the bundled photos, the synthetic source).
+    `on_step(step, l1)` is called after each step. Returns (vae, L1 per step)."""
     from diffusers import AutoencoderKL
 
     config = sd_vae_config(**config)
     torch.manual_seed(seed)
     vae = AutoencoderKL(**config)
     init_posterior_logvar(vae.quant_conv, config["latent_channels"])
-    src = ClipSource(SourceConfig(type="synthetic", num_frames=1, resolution=resolution))
+    srcs = [ClipSource(c) for c in sources or [
+        SourceConfig(type="synthetic", num_frames=1, resolution=resolution)]]
+    if any(s.cfg.num_frames != 1 for s in srcs):
+        raise ValueError("an image VAE trains on one-frame sources (num_frames: 1)")
+    weights = np.array([s.cfg.weight for s in srcs], dtype=float)
+    weights /= weights.sum()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(20, steps, 0.05))
     rng = np.random.default_rng(seed)
     losses = []
-    for _ in tqdm(range(steps), desc="image VAE", leave=False):
-        x = torch.stack([src.sample(rng)[0][:, 0] for _ in range(batch)])
+    for step in tqdm(range(steps), desc="image VAE", leave=False):
+        x = torch.stack([srcs[rng.choice(len(srcs), p=weights)].sample(rng)[0][:, 0]
+                         for _ in range(batch)])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         l1 = (rec - x).abs().mean()
@@ -40,4 +49,6 @@ def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int =
         opt.step()
         sched.step()
         losses.append(l1.item())
+        if on_step is not None:
+            on_step(step, losses[-1])
     return vae.eval().requires_grad_(False), losses

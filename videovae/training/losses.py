@@ -56,7 +56,7 @@ class LossConfig:
     disc_channels: int = 64
     disc_layers: int = 3
     adaptive_disc_weight: bool = True
-    reg_dec_weight: float = 1.0  # needs a frozen image VAE (train.init_from_image_vae)
+    reg_dec_weight: float = 1.0  # needs a frozen image VAE (train.init_from_image_vae or image_vae)
     reg_enc_weight: float = 0.0
     reg_mapping: str = "random"  # arch ktc always uses "key" (see the module docstring)
     reg_type: str = "l1"
@@ -146,8 +146,8 @@ class VAELoss(nn.Module):
                 raise ConfigError(f"loss.{name} must be l1 or l2")
         if (cfg.reg_dec_weight > 0 or cfg.reg_enc_weight > 0) and image_vae is None:
             raise ConfigError("latent regularization needs the frozen image VAE: set "
-                             "train.init_from_image_vae (or set reg_dec_weight and "
-                             "reg_enc_weight to 0)")
+                              "train.init_from_image_vae or train.image_vae (or set "
+                              "reg_dec_weight and reg_enc_weight to 0)")
         self.cfg = cfg
         self.ratio = temporal_ratio
         self.lpips = (build_lpips(cfg.lpips_net, cfg.lpips_weights, cfg.lpips_pretrained_trunk)

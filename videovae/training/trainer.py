@@ -238,6 +238,7 @@ def _log_step(accelerator, run, out: Path, state, logs, stepper, grad_norm, batc
     record = {"step": state.step, **{f"train/{k}": v for k, v in zip(keys, vals)},
               "train/lr": stepper.sched_g.get_last_lr()[0], "train/grad_norm": grad_norm,
               "train/samples_per_s": batch_samples * accelerator.num_processes / seconds,
+              "train/step_seconds": seconds,
               "train/skipped_samples": state.skipped_samples,
               "train/nonfinite_steps": state.nonfinite_steps}
     if accelerator.is_main_process:

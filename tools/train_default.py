@@ -1,0 +1,269 @@
+"""Train the default models that ship inside the package (`videovae.load_model("default")`).
+
+    python tools/train_default.py --image-minutes 30 --video-minutes 21 --install
+
+1. builds a training set that needs no download (or takes yours with `--data DIR`, holding
+   `photos/`, `procedural/` (images) and `clips/` (videos)): every photo scikit-image ships but
+   the held-out ones, procedurally generated images (gradients, shapes, textures, noise of
+   random colours) and pan/zoom and moving-shape clips made from both;
+2. trains a small SD-layout image VAE (diffusers `AutoencoderKL`, 16 latent channels) on
+   random-resized 64 px crops of the images;
+3. inflates it into the `cv` and the `ktc` video VAE and fine-tunes each with the toolkit's
+   trainer (`videovae train`: images as one-frame clips and 9-frame clips, CV-VAE's latent
+   regularization against the frozen image VAE) for the same time;
+4. evaluates on clips no training step saw (pans over the held-out photos and the real GIF
+   scikit-image ships): the image VAE per frame, both video VAEs, bicubic 8x down-up;
+5. measures each video VAE's latent statistics (the `scaling_factor` diffusion models use) on
+   the training clips, and with `--install` writes the image VAE and the `cv` video VAE in fp16
+   safetensors into `videovae/weights/default/` with TRAINING.md and training.json (command,
+   data, steps, time, the held-out table). The `ktc` model stays in the work folder (`--work`,
+   `ktc_final/`): at this width it has 27 M parameters, too heavy to carry in the package.
+
+Writes OUT/report.json and OUT/report.md in any case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videovae.convert import inflate_from_model
+from videovae.data.procedural import procedural_image, training_photos
+from videovae.data.sources import SourceConfig
+from videovae.data.synthetic import HELD_OUT_PHOTOS, load_photo, moving_shapes_clip, pan_zoom_clip
+from videovae.heldout import (bicubic, evaluate, held_out_clips, markdown, params_of, per_frame,
+                              video)
+from videovae.io.atomic import write_json
+from videovae.io.video import VideoReader, frames_to_tensor, write_video
+from videovae.latents import config_updates, measure_latent_stats
+from videovae.models.registry import load_model
+from videovae.runtime import setup_cpu
+from videovae.training.budget import train_for_minutes
+from videovae.training.image_vae import train_image_vae
+from videovae.weights import DEFAULT_DIR
+
+IMAGE_VAE = dict(block_out_channels=[32, 64, 128, 128], layers_per_block=1, latent_channels=16,
+                 norm_num_groups=8)  # `sd_vae_config` arguments
+CROP_SCALE = [0.1, 0.7]  # random-resized crops: from native pixels to most of a photo
+VIDEO = {  # `videovae train` settings of the video stage; DATA is filled in
+    "data": {"num_workers": 1, "val_clips": 2, "val_num_frames": 9, "val_resolution": [64, 64]},
+    "loss": {"perceptual_weight": 0.0, "kl_weight": 1e-6, "disc_weight": 0.0,
+             "reg_dec_weight": 1.0, "reg_mapping": "random"},  # ktc always uses `key`
+    "optim": {"lr": 5e-5, "warmup_steps": 20, "min_lr_ratio": 0.1},
+    "train": {"ema_decay": 0.995, "checkpoint_every": 0, "log_every": 20, "val_every": 0,
+              "seed": 0},
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def build_data(root: Path, procedural: int, clips: int, seed: int = 0) -> dict:
+    """photos/ (PNG), procedural/ (PNG) and clips/ (MP4, 17 frames at 128x128)."""
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(seed)
+    for sub in ("photos", "procedural", "clips"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    images = []
+    for name in training_photos():
+        photo = load_photo(name)
+        scale = 640 / max(photo.shape[:2])  # big photos at most 640 px: faster to read
+        if scale < 1:
+            import cv2
+
+            photo = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        iio.imwrite(root / "photos" / f"{name}.png", photo)
+        images.append(photo)
+    for i in range(procedural):
+        size = int(rng.choice([192, 256, 384]))
+        img = procedural_image(seed * 100_000 + i, size)
+        iio.imwrite(root / "procedural" / f"proc_{i:04d}.png", img)
+        images.append(img)
+    for i in range(clips):
+        photo = images[int(rng.integers(len(images)))]
+        if rng.random() < 0.25:
+            frames = moving_shapes_clip(17, (128, 128), photo, seed=seed * 100_000 + i,
+                                        num_shapes=int(rng.integers(1, 5)))
+        else:
+            frames = pan_zoom_clip(photo, 17, (128, 128),
+                                   speed=float(rng.uniform(0, 4)) if rng.random() > 0.1 else 0.0,
+                                   zoom=float(rng.uniform(-0.03, 0.03)),
+                                   angle=float(rng.uniform(0, 2 * np.pi)),
+                                   scale=float(rng.uniform(0.3, 1.5)))
+        write_video(root / "clips" / f"clip_{i:04d}.mp4", frames, fps=12, crf=0)
+    return {"photos": training_photos(), "procedural_images": procedural, "clips": clips,
+            "clip_frames": 17, "clip_size": [128, 128]}
+
+
+def image_sources(data: Path, frames: int = 1, batch: int = 16) -> list[SourceConfig]:
+    return [SourceConfig(name=sub, type="image", path=str(data / sub), resolution=64,
+                         num_frames=frames, batch_size=batch, weight=0.5, hflip=True,
+                         crop_scale=CROP_SCALE) for sub in ("photos", "procedural")]
+
+
+def video_settings(data: Path, arch: str, image_vae_dir: Path) -> dict:
+    src = [{"name": s.name, "type": "image", "path": s.path, "resolution": 64,
+            "num_frames": 1, "batch_size": 8, "weight": 0.2, "hflip": True,
+            "crop_scale": CROP_SCALE} for s in image_sources(data)]
+    src.append({"name": "clips", "type": "video", "path": str(data / "clips"), "resolution": 64,
+                "num_frames": 9, "batch_size": 2, "weight": 0.6, "hflip": True,
+                "crop_scale": [0.5, 1.0]})
+    return {**VIDEO, "model": {"arch": arch}, "data": {**VIDEO["data"], "sources": src},
+            "train": {**VIDEO["train"], "init_from_image_vae": str(image_vae_dir)}}
+
+
+def real_clip() -> tuple[str, torch.Tensor]:
+    """scikit-image's real GIF (24 frames of 14x25): its first 21 frames, enlarged 4x (bicubic,
+    cropped to 96x56) so that the 8x models see more than two latent pixels."""
+    import skimage.data
+
+    frames = VideoReader(Path(skimage.data.data_dir) / "no_time_for_that_tiny.gif").read_all()
+    x = frames_to_tensor(frames[:21])[0].transpose(0, 1)
+    x = torch.nn.functional.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
+    x = x[..., 2:98, :]  # 96 x 56: whole latent pixels
+    return "gif_no_time_for_that_x4", x.clamp(-1, 1).transpose(0, 1)[None]
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+
+
+def train_image_stage(data: Path, out: Path, minutes: float) -> dict:
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    _, probe = train_image_vae(IMAGE_VAE, 8, sources=image_sources(data))
+    per_step = (time.perf_counter() - t0) / 8
+    steps = max(50, int(minutes * 60 / per_step))
+    print(f"  image VAE: {per_step:.2f} s/step in the probe -> {steps} steps", flush=True)
+    t0 = time.perf_counter()
+    vae, losses = train_image_vae(IMAGE_VAE, steps, sources=image_sources(data))
+    vae.save_pretrained(out)
+    return {"config": IMAGE_VAE, "steps": steps, "batch": 16, "crop": 64,
+            "crop_scale": CROP_SCALE, "lr": 1e-3, "wall_seconds": time.perf_counter() - t0,
+            "l1_start": float(np.mean(losses[:10])), "l1_end": float(np.mean(losses[-50:]))}
+
+
+SHIPPED = ("cv",)  # video families installed; ktc (27 M parameters, 55 MB in fp16 at this width)
+# stays in the work folder: too heavy to carry in the package
+
+
+def install(work: Path, report: dict, dest: Path) -> None:
+    """fp16 copies of the image VAE and the SHIPPED video VAEs, TRAINING.md and training.json,
+    replacing `dest`."""
+    from diffusers import AutoencoderKL
+
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    AutoencoderKL.from_pretrained(work / "image_vae").half().save_pretrained(tmp / "image_vae")
+    for arch in SHIPPED:
+        load_model(report["video"][arch]["installed_from"]).half().save_pretrained(tmp / arch)
+    write_json(tmp / "training.json", report, overwrite=True)
+    (tmp / "TRAINING.md").write_text(training_md(report))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def training_md(report: dict) -> str:
+    img, vid = report["image_vae"], report["video"]
+    lines = [
+        "# How the default models were trained", "",
+        f"Command: `{report['command']}` ({report['date']}, {report['machine']}).", "",
+        f"Data (nothing downloaded): {len(report['data']['photos'])} scikit-image photos "
+        f"({', '.join(report['data']['photos'])}), {report['data']['procedural_images']} "
+        "procedural images (gradients, shapes, textures, noise) and "
+        f"{report['data']['clips']} clips of 17 frames (pans, zooms and moving shapes over "
+        "them). Held out: the photos " + ", ".join(HELD_OUT_PHOTOS) + " and the GIF.", "",
+        f"- image VAE (`image_vae/`): SD layout {img['config']}, {img['steps']} steps of "
+        f"batch {img['batch']} at {img['crop']} px, {img['wall_seconds'] / 60:.1f} min.",
+    ]
+    for arch in ("cv", "ktc"):
+        v = vid[arch]
+        where = f"`{arch}/`" if arch in SHIPPED else "not shipped, too large"
+        lines.append(f"- `{arch}` ({where}): inflated from it, then {v['steps']} steps of "
+                     f"`videovae train` ({v['wall_seconds'] / 60:.1f} min); scaling_factor "
+                     f"{v['scaling_factor']:.4f}.")
+    lines += ["", "Held-out clips (never trained on): pans at 1.5 and 3 px/frame over "
+              + ", ".join(HELD_OUT_PHOTOS) + " (17 frames at 96x128) and the GIF enlarged 4x (21 frames at 96x56). "
+              "Colour error: per channel, |mean(input) - mean(output)| in levels of 255.", "",
+              report["table"], ""]
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--image-minutes", type=float, default=30.0)
+    p.add_argument("--video-minutes", type=float, default=21.0, help="per family")
+    p.add_argument("--procedural", type=int, default=400, help="procedural images to make")
+    p.add_argument("--clips", type=int, default=300, help="training clips to make")
+    p.add_argument("--data", default=None, help="use this data folder instead of building one")
+    p.add_argument("--work", default="train_default_work")
+    p.add_argument("--install", action="store_true",
+                   help=f"write the models into the package ({DEFAULT_DIR})")
+    args = p.parse_args()
+    setup_cpu()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    report = {"command": "python tools/train_default.py " + " ".join(sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"}
+
+    data = Path(args.data) if args.data else work / "data"
+    print(f"[1/5] data in {data}", flush=True)
+    report["data"] = (build_data(data, args.procedural, args.clips) if not args.data else
+                      {"folder": str(data), "photos": [], "procedural_images": 0, "clips": 0})
+
+    print(f"[2/5] image VAE for {args.image_minutes} min", flush=True)
+    report["image_vae"] = train_image_stage(data, work / "image_vae", args.image_minutes)
+    from diffusers import AutoencoderKL
+    image_vae = AutoencoderKL.from_pretrained(work / "image_vae").eval()
+
+    clips = held_out_clips(17, (96, 128))
+    name, gif = real_clip()
+    clips[name] = gif
+    rows = [evaluate("image VAE per frame", per_frame(image_vae), clips, params_of(image_vae)),
+            evaluate("bicubic 8x down-up", bicubic(8), clips)]
+    report["video"] = {}
+    for arch in ("cv", "ktc"):
+        print(f"[3/5] {arch}: inflate, fine-tune for {args.video_minutes} min", flush=True)
+        inflated = inflate_from_model(image_vae, arch).eval()
+        rows.append(evaluate(f"{arch} inflated", video(inflated), clips, params_of(inflated)))
+        run = train_for_minutes(video_settings(data, arch, work / "image_vae"), work / arch,
+                                args.video_minutes, probe_steps=10)
+        vae = load_model(run["model"])
+        rows.append(evaluate(f"{arch} fine-tuned", video(vae), clips, params_of(vae)))
+        print(f"[4/5] {arch}: latent statistics", flush=True)
+        stats = measure_latent_stats(vae, data / "clips", num_clips=64, num_frames=17,
+                                     resolution=128)
+        vae.register_to_config(**config_updates(stats))
+        vae.save_pretrained(work / f"{arch}_final")
+        run.update(installed_from=str(work / f"{arch}_final"),
+                   scaling_factor=stats["scaling_factor"], latent_std=stats["std"])
+        report["video"][arch] = run
+        print(markdown(rows), flush=True)
+
+    report["rows"] = rows
+    report["table"] = markdown(rows)
+    report["held_out"] = {"clips": list(clips), "frames": 17, "size": [96, 128]}
+    report["total_minutes"] = (time.perf_counter() - t_start) / 60
+    write_json(work / "report.json", report, overwrite=True)
+    (work / "report.md").write_text(report["table"] + "\n")
+    print(report["table"])
+    if args.install:
+        print(f"[5/5] installing into {DEFAULT_DIR}", flush=True)
+        install(work, report, DEFAULT_DIR)
+    print(f"done in {report['total_minutes']:.1f} min; report in {work}/report.md")
+
+
+if __name__ == "__main__":
+    main()
