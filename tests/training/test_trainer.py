@@ -231,6 +231,24 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_
     assert (out / "final" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+def test_latest_passes_over_a_checkpoint_folder_with_an_empty_file(tmp_path, caplog):
+    """A `checkpoint-<step>` folder with a 0-byte optimizer file (what versions before the
+    rename-on-complete rule left on a kill, or an interrupted copy): `latest` warns and takes
+    the newest complete one; with none complete there is nothing to resume."""
+    from videovae.training.checkpointing import resume_path
+
+    for step, size in ((2, 10), (4, 10), (6, 0)):
+        d = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"w" * 10)
+        (d / "optimizer.bin").write_bytes(b"o" * size)
+    assert resume_path("latest", tmp_path) == tmp_path / "checkpoints" / "checkpoint-4"
+    assert "skipping incomplete checkpoint" in caplog.text and "optimizer.bin" in caplog.text
+    for step in (2, 4):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}" / "optimizer.bin").write_bytes(b"")
+    assert resume_path("latest", tmp_path) is None
+
+
 def test_a_data_folder_of_only_corrupt_files_gives_the_reason(tmp_path, capsys):
     from videovae.cli import main as cli
 

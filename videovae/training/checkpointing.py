@@ -34,13 +34,28 @@ def _partial_path(out: Path, step: int) -> Path:
     return Path(out) / "checkpoints" / f".{PREFIX}{step}.partial"
 
 
+def _empty_files(path: Path) -> list[str]:
+    """Files of a checkpoint folder that are empty (or a folder without files)."""
+    files = [f for f in path.rglob("*") if f.is_file()]
+    return [f.name for f in files if f.stat().st_size == 0] if files else ["(no files)"]
+
+
 def resume_path(resume_from: str | None, out: Path) -> Path | None:
-    """`latest` -> the newest complete checkpoint (None if there is none); a folder -> itself."""
+    """`latest` -> the newest complete checkpoint (None if there is none); a folder -> itself.
+
+    A `checkpoint-<step>` folder holding an empty file (left by a kill mid-write before
+    checkpoints were published by renaming, or by an interrupted copy) is passed over, with a
+    warning, for the next older one."""
     if not resume_from:
         return None
     if resume_from == "latest":
-        ckpts = list_checkpoints(out)
-        return ckpts[-1] if ckpts else None
+        for ckpt in reversed(list_checkpoints(out)):
+            empty = _empty_files(ckpt)
+            if not empty:
+                return ckpt
+            logger.warning("skipping incomplete checkpoint %s (empty: %s)", ckpt,
+                           ", ".join(empty))
+        return None
     path = Path(resume_from)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint not found: {path}")
