@@ -178,11 +178,12 @@ def training_md(report: dict) -> str:
     lines = [
         "# How the default models were trained", "",
         f"Command: `{report['command']}` ({report['date']}, {report['machine']}).", "",
-        f"Data (nothing downloaded): {len(report['data']['photos'])} scikit-image photos "
-        f"({', '.join(report['data']['photos'])}), {report['data']['procedural_images']} "
-        "procedural images (gradients, shapes, textures, noise) and "
-        f"{report['data']['clips']} clips of 17 frames (pans, zooms and moving shapes over "
-        "them). Held out: the photos " + ", ".join(HELD_OUT_PHOTOS) + " and the GIF.", "",
+        (f"Data: the folder {report['data']['folder']}." if "folder" in report["data"] else
+         f"Data (nothing downloaded): {len(report['data']['photos'])} scikit-image photos "
+         f"({', '.join(report['data']['photos'])}), {report['data']['procedural_images']} "
+         "procedural images (gradients, shapes, textures, noise) and "
+         f"{report['data']['clips']} clips of 17 frames (pans, zooms and moving shapes over "
+         "them). Held out: the photos " + ", ".join(HELD_OUT_PHOTOS) + " and the GIF."), "",
         f"- image VAE (`image_vae/`): SD layout {img['config']}, {img['steps']} steps of "
         f"batch {img['batch']} at {img['crop']} px, {img['wall_seconds'] / 60:.1f} min.",
     ]
@@ -193,8 +194,9 @@ def training_md(report: dict) -> str:
                      f"`videovae train` ({v['wall_seconds'] / 60:.1f} min); scaling_factor "
                      f"{v['scaling_factor']:.4f}.")
     lines += ["", "Held-out clips (never trained on): pans at 1.5 and 3 px/frame over "
-              + ", ".join(HELD_OUT_PHOTOS) + " (17 frames at 96x128) and the GIF enlarged 4x (21 frames at 96x56). "
-              "Colour error: per channel, |mean(input) - mean(output)| in levels of 255.", "",
+              + ", ".join(HELD_OUT_PHOTOS) + " (17 frames at 96x128) and the GIF enlarged 4x "
+              "(21 frames at 96x56). Colour error: per channel, |mean(input) - mean(output)| "
+              "in levels of 255.", "",
               report["table"], ""]
     return "\n".join(lines)
 
@@ -221,7 +223,7 @@ def main():
     data = Path(args.data) if args.data else work / "data"
     print(f"[1/5] data in {data}", flush=True)
     report["data"] = (build_data(data, args.procedural, args.clips) if not args.data else
-                      {"folder": str(data), "photos": [], "procedural_images": 0, "clips": 0})
+                      {"folder": str(data)})
 
     print(f"[2/5] image VAE for {args.image_minutes} min", flush=True)
     report["image_vae"] = train_image_stage(data, work / "image_vae", args.image_minutes)

@@ -37,6 +37,8 @@ def test_random_resized_crop_shows_the_asked_fraction():
         assert out.shape == (1, 3, 32, 32)
         span = (out[0, 0, 0, -1] - out[0, 0, 0, 0]).item() / 2  # fraction of the full ramp
         assert abs(span - scale * (31 / 32)) < 0.03, (scale, span)
+    centre = resize_crop(ramp, (32, 32), rng, False, False, crop_scale=0.5)
+    assert abs(centre[0, 0, 0, :].mean().item()) < 0.02  # centred on the ramp's middle
     plain = resize_crop(ramp, (32, 32), rng, False, False)  # crop_scale 1: the whole width
     assert (plain[0, 0, 0, -1] - plain[0, 0, 0, 0]).item() / 2 > 0.9
     with pytest.raises(ValueError, match="crop_scale"):

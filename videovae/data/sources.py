@@ -23,7 +23,7 @@ from .transforms import to_clip
 logger = logging.getLogger(__name__)
 
 MAX_RETRIES = 20
-IMAGE_CACHE_BYTES = 1 << 30  # decoded images kept in memory per source (and per loader worker)
+IMAGE_CACHE_BYTES = 256 << 20  # decoded images kept in memory per source and loader worker
 
 
 @dataclass

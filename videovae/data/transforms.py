@@ -14,8 +14,8 @@ def resize_crop(x: torch.Tensor, size, rng: np.random.Generator, random_crop: bo
     """(T, 3, H, W) float -> resize the short side to cover `size`, crop to `size`.
 
     `crop_scale` below 1 (a number, or a [min, max] range drawn per clip) crops that fraction of
-    the largest window of the output's aspect ratio first (always a random place) and resizes
-    it to `size`: random-resized crops that show a photo at many scales."""
+    the largest window of the output's aspect ratio first (at a random place, or the centre
+    without `random_crop`) and resizes it to `size`: crops that show a photo at many scales."""
     h, w = size
     lo, hi = (crop_scale, crop_scale) if np.isscalar(crop_scale) else crop_scale
     if not (0 < lo <= hi <= 1):
@@ -24,8 +24,8 @@ def resize_crop(x: torch.Tensor, size, rng: np.random.Generator, random_crop: bo
         s = float(rng.uniform(lo, hi)) if hi > lo else float(lo)
         fit = min(x.shape[2] / h, x.shape[3] / w)  # largest window of the output's aspect
         ch, cw = max(1, round(h * fit * s)), max(1, round(w * fit * s))
-        top = int(rng.integers(0, x.shape[2] - ch + 1))
-        left = int(rng.integers(0, x.shape[3] - cw + 1))
+        top = int(rng.integers(0, x.shape[2] - ch + 1)) if random_crop else (x.shape[2] - ch) // 2
+        left = int(rng.integers(0, x.shape[3] - cw + 1)) if random_crop else (x.shape[3] - cw) // 2
         x = x[:, :, top:top + ch, left:left + cw]
         x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=(ch > h),
                           align_corners=False)

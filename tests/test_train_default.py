@@ -1,0 +1,39 @@
+"""tools/train_default.py's data set and record (the training itself is the trainer's, tested
+in tests/training)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from videovae.data.synthetic import HELD_OUT_PHOTOS
+from videovae.io.video import VideoReader
+from videovae.weights import DEFAULT_DIR
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "train_default.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("train_default", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_data_set_leaves_the_held_out_photos_out(tmp_path):
+    td = _tool()
+    info = td.build_data(tmp_path, procedural=3, clips=2)
+    photos = sorted(p.stem for p in (tmp_path / "photos").iterdir())
+    assert photos == sorted(info["photos"]) and not set(photos) & set(HELD_OUT_PHOTOS)
+    assert len(list((tmp_path / "procedural").glob("*.png"))) == 3
+    clips = sorted((tmp_path / "clips").glob("*.mp4"))
+    assert len(clips) == 2 and VideoReader(clips[0]).read_all().shape == (17, 128, 128, 3)
+    settings = td.video_settings(tmp_path, "cv", tmp_path / "image_vae")
+    assert [s["name"] for s in settings["data"]["sources"]] == ["photos", "procedural", "clips"]
+
+
+def test_the_shipped_record_is_what_the_tool_writes():
+    td = _tool()
+    record = json.loads((DEFAULT_DIR / "training.json").read_text())
+    assert (DEFAULT_DIR / "TRAINING.md").read_text() == td.training_md(record)
+    assert sorted(p.name for p in DEFAULT_DIR.iterdir() if p.is_dir()) == sorted(
+        ["image_vae", *td.SHIPPED])
