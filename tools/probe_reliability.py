@@ -254,6 +254,27 @@ def run_cases(ctx: Ctx, cases: list[Case]) -> None:
 # Inputs
 
 
+def api_error(fn, *args, none: str = "no error") -> str:
+    """Call `fn(*args)`, which must raise: 'ExceptionType: first line of the message'."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - any error type is an answer the case then checks
+        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    raise Fail(none)
+
+
+def save_tiny_image_vae(path: Path, widths=(8, 16, 16, 16)) -> Path:
+    """A tiny SD-layout image VAE (diffusers folder), seeded."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from videovae.convert import sd_vae_config
+
+    torch.manual_seed(0)
+    AutoencoderKL(**sd_vae_config(widths, 1, norm_num_groups=4)).save_pretrained(path)
+    return path
+
+
 def save_tiny_model(path: Path, seed=0, **kw) -> Path:
     import torch
 
@@ -747,12 +768,7 @@ def _evil_api(ctx):
 
     d = ctx.fresh("evil_api")
     ckpt = evil_ckpt(d / "vae.ckpt", d / "PWNED")
-    try:
-        VideoVAE.from_image_vae(ckpt)
-    except Exception as e:  # noqa: BLE001
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-    else:
-        raise Fail("loaded without an error")
+    msg = api_error(VideoVAE.from_image_vae, ckpt, none="loaded without an error")
     check(not (d / "PWNED").exists(), f"PAYLOAD RAN; {msg}")
     check("vae.ckpt" in msg, f"error does not name the file: {msg}")
     return f"marker absent; {msg[:200]}"
@@ -775,12 +791,7 @@ def _from_pretrained_missing(ctx):
     from videovae import VideoVAE
 
     start = time.perf_counter()
-    try:
-        VideoVAE.from_pretrained("nope_dir")
-    except Exception as e:  # noqa: BLE001
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-    else:
-        raise Fail("no error")
+    msg = api_error(VideoVAE.from_pretrained, "nope_dir")
     seconds = time.perf_counter() - start
     check(seconds < 3 and "nope_dir" in msg, f"{seconds:.1f}s: {msg}")
     return f"{seconds:.2f}s: {msg}"
@@ -793,12 +804,7 @@ def _load_model_missing(ctx):
 
     path = ctx.w / "runs" / "nope"
     start = time.perf_counter()
-    try:
-        load_model(path)
-    except Exception as e:  # noqa: BLE001
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-    else:
-        raise Fail("no error")
+    msg = api_error(load_model, path)
     seconds = time.perf_counter() - start
     check(seconds < 3 and str(path) in msg, f"{seconds:.1f}s: {msg}")
     return f"{seconds:.2f}s: {msg}"
@@ -807,15 +813,8 @@ def _load_model_missing(ctx):
 @case("model", "inflate a tiny 3-level image VAE without temporal_downsample",
       "rc 0; the log states the derived temporal_downsample; config holds it")
 def _inflate_three_levels(ctx):
-    import torch
-    from diffusers import AutoencoderKL
-
-    from videovae.convert import sd_vae_config
-
     d = ctx.fresh("inflate3")
-    torch.manual_seed(0)
-    AutoencoderKL(**sd_vae_config((8, 16, 16), 1, norm_num_groups=4)).save_pretrained(
-        d / "image_vae")
+    save_tiny_image_vae(d / "image_vae", (8, 16, 16))
     res = ctx.cli("inflate", "--image-vae", d / "image_vae", "-o", d / "video_vae")
     expect_ok(res)
     logged = [ln for ln in res.err.splitlines() if "temporal_downsample" in ln]
@@ -934,15 +933,8 @@ def _umask_file(ctx):
 @case("output", "umask 027: modes of an inflated model folder",
       "folder 0750, config.json 0640 (was: 0700 / 0600)")
 def _umask_dir(ctx):
-    import torch
-    from diffusers import AutoencoderKL
-
-    from videovae.convert import sd_vae_config
-
     d = ctx.fresh("umask_dir")
-    torch.manual_seed(0)
-    AutoencoderKL(**sd_vae_config((8, 16, 16, 16), 1, norm_num_groups=4)).save_pretrained(
-        d / "image_vae")
+    save_tiny_image_vae(d / "image_vae")
     out = d / "video_vae"
     expect_ok(ctx.cli("inflate", "--image-vae", d / "image_vae", "-o", out,
                       preexec_fn=_umask_027))
