@@ -41,11 +41,6 @@ FINE_TUNE = {  # `videovae train` settings of step 3 (init_from_* and max_steps 
 SHEET_FRAMES = [0, 3, 6, 9, 12, 16, 24, 32]
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(1, 3, T, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
-    return ((x[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
-
-
 @torch.no_grad()
 def check_inflation(image_vae) -> dict:
     """Max |diff| to the image VAE of each inflated family on one frame and on a still clip."""
@@ -65,24 +60,16 @@ def check_inflation(image_vae) -> dict:
     return out
 
 
-def _curve(metrics_file: Path) -> list[list[float]]:
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-    return [[r["step"], r["train/rec"]] for r in rows if r.get("train/rec") is not None]
-
-
 def run_demo(out_dir="videovae_demo", fine_tune_steps: int = 60, long_frames: int = 241,
              model: str = "default") -> dict:
-    from .config import from_dict
     from .convert import load_image_vae
     from .data.synthetic import load_photo, pan_zoom_clip
     from .files import decode_file, encode_file, reconstruct_file
     from .heldout import bicubic, evaluate, per_frame, video
-    from .io.video import VideoReader, frames_to_tensor, write_video
+    from .io.video import VideoReader, frames_to_tensor, tensor_to_frames, write_video
     from .models.registry import load_model
     from .plots import contact_sheet, plot_curves
-    from .training.budget import reset_accelerate_state
-    from .training.config import TrainConfig
-    from .training.trainer import train
+    from .training.budget import run_training
     from .weights import default_model_dir
 
     out = Path(out_dir)
@@ -118,7 +105,7 @@ def run_demo(out_dir="videovae_demo", fine_tune_steps: int = 60, long_frames: in
               f"{max(r['color_error']):.1f}/255")
     with torch.no_grad():
         sheet = [("input", frames)] + [
-            (f"{name}: {rows[name]['psnr']:.2f} dB", _to_uint8(f(clip["chelsea"])))
+            (f"{name}: {rows[name]['psnr']:.2f} dB", tensor_to_frames(f(clip["chelsea"])))
             for name, f in recs.items()]
     contact_sheet(sheet, SHEET_FRAMES, out / "chelsea_sheet.png")
     reconstruct_file(vae, inputs / "chelsea_33.mp4", out / "chelsea_reconstructed.mp4",
@@ -127,12 +114,10 @@ def run_demo(out_dir="videovae_demo", fine_tune_steps: int = 60, long_frames: in
 
     print(f"[3/4] fine-tuning the shipped video VAE for {fine_tune_steps} steps on images and "
           "clips, with latent regularization against the frozen image VAE ...", flush=True)
-    reset_accelerate_state()
-    cfg = from_dict(TrainConfig, {**FINE_TUNE, "train": {
-        **FINE_TUNE["train"], "max_steps": fine_tune_steps, "output_dir": str(out / "train"),
-        "init_from_pretrained": str(model_dir), "image_vae": str(image_dir)}})
-    tuned_dir = train(cfg)
-    curve = _curve(out / "train" / "metrics.jsonl")
+    tuned_dir, metrics = run_training({**FINE_TUNE, "train": {
+        **FINE_TUNE["train"], "init_from_pretrained": str(model_dir),
+        "image_vae": str(image_dir)}}, out / "train", fine_tune_steps)
+    curve = [[m["step"], m["train/rec"]] for m in metrics if m.get("train/rec") is not None]
     k = min(10, len(curve))  # batches alternate images and clips: show a running mean too
     smooth = [[s, float(np.mean([v for _, v in curve[max(0, i - k + 1):i + 1]]))]
               for i, (s, _) in enumerate(curve)]
