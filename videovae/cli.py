@@ -400,7 +400,7 @@ def _precheck(args) -> None:
 def _resolve_models(args) -> None:
     """No --model means the shipped default (said in one line); shipped names become folders.
     (`--image-vae default`, the shipped image VAE, is resolved by `load_image_vae`.)"""
-    from .weights import default_model_dir, is_default_name
+    from .weights import default_model_dir, is_default_name, resolve_model
 
     if not hasattr(args, "model"):
         return
@@ -416,7 +416,7 @@ def _resolve_models(args) -> None:
     if args.command == "latent-stats" and args.write and is_default_name(args.model):
         raise VideoVAEError("latent-stats --write would change the shipped model: copy "
                             f"{default_model_dir(args.model)} and write to the copy")
-    paths = [str(default_model_dir(m)) if is_default_name(m) else m for m in names]
+    paths = [str(resolve_model(m)) for m in names]
     args.model = paths if isinstance(args.model, list) else paths[0]
 
 
