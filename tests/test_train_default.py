@@ -37,3 +37,23 @@ def test_the_shipped_record_is_what_the_tool_writes():
     assert (DEFAULT_DIR / "TRAINING.md").read_text() == td.training_md(record)
     assert sorted(p.name for p in DEFAULT_DIR.iterdir() if p.is_dir()) == sorted(
         ["image_vae", *td.SHIPPED])
+
+
+def test_targets_and_the_record_of_a_continued_image_vae():
+    td = _tool()
+    row = lambda name, psnr, color: {"name": name, "psnr": psnr, "color_error": color}  # noqa
+    rows = [row("image VAE per frame", 25.6, [1.0, 1.0, 1.0]),
+            row("bicubic 8x down-up", 25.1, [0.0, 0.0, 0.0]),
+            row("cv fine-tuned", 25.2, [0.5, 2.5, 0.4])]
+    t = td.targets(rows)
+    assert t["psnr_at_least_bicubic"] and abs(t["psnr_vs_bicubic_db"] - 0.1) < 1e-9
+    assert not t["color_error_under_2"] and t["max_color_error"] == 2.5
+    assert t["within_half_db_of_image_vae"]
+    assert not td.targets([rows[0], rows[1], {**rows[2], "psnr": 25.0}])["psnr_at_least_bicubic"]
+    first = {"config": td.IMAGE_VAE, "steps": 100, "batch": 16, "crop": 64, "lr": 1e-3,
+             "wall_seconds": 600.0}
+    later = {**first, "steps": 50, "lr": 5e-4, "wall_seconds": 300.0,
+             "continued_from": {"command": "python tools/train_default.py", "date": "d0",
+                                **first}}
+    text = td.image_history(later)
+    assert text.index("100 steps") < text.index("continued for 50 steps") and "peak lr 0.0005" in text

@@ -65,6 +65,9 @@ def main() -> None:
     p.add_argument("--probe-steps", type=int, default=200)
     p.add_argument("--align-weight", type=float, default=0.5)
     p.add_argument("--archs", nargs="*", help="families to train (default: all registered)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds: each model is trained once per seed (the probe's own "
+                        "seed stays fixed, so rows differ only by the VAE)")
     p.add_argument("--workdir", help="where models and data go (default: a temp dir)")
     p.add_argument("-o", "--output", default="study_alignment.json")
     args = p.parse_args()
@@ -88,32 +91,37 @@ def main() -> None:
     write_clips(held_out, HELD_OUT_PHOTOS, 18, 64, per_photo=4)
     configs = Path(__file__).resolve().parents[1] / "configs" / "train"
     models, seconds = {}, {}
-    for arch in args.archs or families():
-        for weight in (0.0, args.align_weight):
-            name = f"{arch}_{'align' if weight else 'plain'}"
-            out = work / name
-            t0 = time.perf_counter()
-            if not (out / "final" / "config.json").is_file():
-                own = configs / f"{arch}_tiny_cpu.yaml"  # a family's own tiny config, if any
-                config = own if own.is_file() else configs / "tiny_cpu.yaml"
-                train(load_train_config(str(config), [
-                    f"model.arch={arch}", f"train.output_dir={out}",
-                    f"train.max_steps={args.steps}", "train.val_every=0",
-                    "train.checkpoint_every=0", f"loss.align_weight={weight}",
-                    f"loss.align_backbone={backbone}", "loss.align_image_size=64"]))
-            seconds[name] = time.perf_counter() - t0
-            models[name] = out / "final"
+    runs = [(arch, weight, seed) for arch in args.archs or families()
+            for seed in args.seeds for weight in (0.0, args.align_weight)]
+    for arch, weight, seed in runs:
+        name = f"{arch}_{'align' if weight else 'plain'}" + (f"_s{seed}" if seed else "")
+        out = work / name
+        timing = out / "train_seconds.txt"  # kept with the model: a rerun reuses both
+        t0 = time.perf_counter()
+        if not (out / "final" / "config.json").is_file():
+            own = configs / f"{arch}_tiny_cpu.yaml"  # a family's own tiny config, if any
+            config = own if own.is_file() else configs / "tiny_cpu.yaml"
+            train(load_train_config(str(config), [
+                f"model.arch={arch}", f"train.output_dir={out}",
+                f"train.max_steps={args.steps}", f"train.seed={seed}", "train.val_every=0",
+                "train.checkpoint_every=0", f"loss.align_weight={weight}",
+                f"loss.align_backbone={backbone}", "loss.align_image_size=64"]))
+            timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
+        seconds[name] = float(timing.read_text()) if timing.is_file() else None
+        models[name] = out / "final"
     report = learnability(list(models.values()), held_out, Path(args.output), ProbeConfig(
         steps=args.probe_steps), frames=9, resolution=64, overwrite=True, names=list(models))
     rows = ["| model | train s | recon PSNR dB | val FM loss | curve area | 1-step PSNR t=0.5 |",
             "|---|---|---|---|---|---|"]
     for name, r in report["models"].items():
         mid = next(q["psnr"] for q in r["one_step_psnr"] if q["t"] == 0.5)
-        rows.append(f"| {name} | {seconds[name]:.0f} | {r['recon_psnr']:.2f} | "
+        took = "-" if seconds[name] is None else f"{seconds[name]:.0f}"
+        rows.append(f"| {name} | {took} | {r['recon_psnr']:.2f} | "
                     f"{r['final_val_loss']:.4f} | {r['curve_area']:.4f} | {mid:.2f} |")
     table = "\n".join(rows)
     print(table)
     report["study"] = {"train_steps": args.steps, "align_weight": args.align_weight,
+                       "seeds": args.seeds,
                        "train_seconds": seconds,
                        "backbone": "fixed oriented-energy features (no pretrained model here)"}
     Path(args.output).write_text(json.dumps(report, indent=2))

@@ -100,3 +100,36 @@ def test_missing_image_vae_for_regularization_is_an_error():
         VAELoss(LossConfig(perceptual_weight=0, disc_weight=0, reg_dec_weight=1.0))
 
 
+
+
+def test_lowpass_term_sees_block_mean_colour_not_per_pixel_error():
+    from videovae.training.losses import lowpass_distance
+
+    x = random_video(t=3, h=16, w=24)
+    tint = torch.tensor([0.02, -0.04, 0.0]).view(1, 3, 1, 1, 1)
+    assert torch.allclose(lowpass_distance(x, x + tint), torch.tensor(0.02), atol=1e-6)
+    checker = (torch.arange(16).view(16, 1) + torch.arange(24)) % 2 * 2 - 1.0  # +-1, mean 0
+    noisy = x + 0.3 * checker
+    assert lowpass_distance(x, noisy) < 1e-6 < 0.29 < (noisy - x).abs().mean()
+    # a video is its frames; a border block smaller than 8x8 is a block of its own
+    frames = x.transpose(1, 2).flatten(0, 1)
+    assert torch.allclose(lowpass_distance(x, x + tint),
+                          lowpass_distance(frames, frames + tint[:, :, 0]))
+    odd = random_video(t=1, h=12, w=13)[:, :, 0]
+    assert torch.allclose(lowpass_distance(odd, odd + 0.05), torch.tensor(0.05), atol=1e-6)
+
+
+def test_lowpass_weight_adds_its_term_to_the_loss():
+    x = random_video(t=5, h=16, w=16)
+    x_hat = x + 0.1 * random_video(t=5, h=16, w=16, seed=1) + 0.03
+    post = DiagonalGaussianDistribution(torch.zeros(1, 8, 2, 2, 2))
+    base = VAELoss(LossConfig(perceptual_weight=0, disc_weight=0, reg_dec_weight=0))
+    with_low = VAELoss(LossConfig(perceptual_weight=0, disc_weight=0, reg_dec_weight=0,
+                                  lowpass_weight=2.0))
+    loss0, logs0 = base.generator_loss(x, x_hat, post, None, step=0)
+    loss1, logs1 = with_low.generator_loss(x, x_hat, post, None, step=0)
+    assert "lowpass" not in logs0 and logs1["lowpass"] > 0.025
+    assert torch.allclose(loss1 - loss0, 2.0 * logs1["lowpass"])
+    with pytest.raises(Exception, match="lowpass_factor"):
+        VAELoss(LossConfig(perceptual_weight=0, disc_weight=0, reg_dec_weight=0,
+                           lowpass_factor=0))

@@ -10,22 +10,35 @@ from tqdm.auto import tqdm
 from ..convert.checkpoints import sd_vae_config
 from ..data.sources import ClipSource, SourceConfig
 from ..models.streaming import init_posterior_logvar
+from .losses import lowpass_distance
 from .optim import warmup_cosine
 
 
 def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int = 64,
                     lr: float = 1e-3, seed: int = 0, sources: list[SourceConfig] | None = None,
-                    on_step=None):
+                    on_step=None, lowpass_weight: float = 0.0, init=None):
     """An SD-layout `AutoencoderKL` (`config`: `sd_vae_config` keyword arguments) trained with
-    L1 + KL on one-frame crops of `sources` (each sample from one, drawn by `weight`; default:
-    the bundled photos, the synthetic source).
+    L1 (+ `lowpass_weight` x the block-mean colour term, `losses.lowpass_distance`) + KL on
+    one-frame crops of `sources` (each sample from one, drawn by `weight`; default: the bundled
+    photos, the synthetic source). `init`: an `AutoencoderKL` (or its folder) to continue from
+    instead of a fresh one; its config must be `config`'s.
     `on_step(step, l1)` is called after each step. Returns (vae, L1 per step)."""
     from diffusers import AutoencoderKL
 
     config = sd_vae_config(**config)
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**config)
-    init_posterior_logvar(vae.quant_conv, config["latent_channels"])
+    if init is None:
+        vae = AutoencoderKL(**config)
+        init_posterior_logvar(vae.quant_conv, config["latent_channels"])
+    else:
+        vae = AutoencoderKL.from_pretrained(init) if not isinstance(init, AutoencoderKL) else init
+        same = lambda a, b: (list(a) if isinstance(a, (list, tuple)) else a) == (  # noqa: E731
+            list(b) if isinstance(b, (list, tuple)) else b)
+        differ = {k: (vae.config.get(k), v) for k, v in config.items()
+                  if not same(vae.config.get(k), v)}
+        if differ:
+            raise ValueError(f"the image VAE to continue from has another config: {differ}")
+        vae.train().requires_grad_(True)
     srcs = [ClipSource(c) for c in sources or [
         SourceConfig(type="synthetic", num_frames=1, resolution=resolution)]]
     if any(s.cfg.num_frames != 1 for s in srcs):
@@ -43,6 +56,8 @@ def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int =
         rec = vae.decode(post.sample()).sample
         l1 = (rec - x).abs().mean()
         loss = l1 + 1e-6 * post.kl().sum() / x.numel()
+        if lowpass_weight > 0:
+            loss = loss + lowpass_weight * lowpass_distance(x, rec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

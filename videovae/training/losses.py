@@ -4,6 +4,9 @@
 Generator loss (every term's weight in `LossConfig`):
     nll      = (rec + perceptual_weight * lpips) / exp(logvar) + logvar   (logvar 0 unless learned)
     rec      = mean |x - x_hat| (or squared), over every pixel of every frame
+    lowpass  = mean |avgpool_f(x - x_hat)|: the error of each f x f block's mean colour, frame by
+               frame (`lowpass_distance`); per-pixel L1 barely pulls on a tint of a few levels,
+               this term pulls on it as hard as on a per-pixel error
     lpips    = mean LPIPS over `lpips_frames` random frames per clip
     kl       = KL summed over the latent / number of pixel values: with this reduction
                kl_weight has LDM's meaning (1e-6 in SD) at any resolution and length
@@ -43,6 +46,8 @@ MAPPINGS = ("first", "slice", "average", "random", "key")
 @dataclass
 class LossConfig:
     rec_type: str = "l1"  # l1 | l2
+    lowpass_weight: float = 0.0  # block-mean colour term (`lowpass_distance`); 0: off
+    lowpass_factor: int = 8  # block size in pixels (the VAE's spatial factor)
     perceptual_weight: float = 0.5  # 0 disables LPIPS
     lpips_net: str = "vgg"  # vgg | alex | squeeze
     lpips_weights: str | None = None  # full LPIPS state_dict (trunk + lins), for offline use
@@ -117,6 +122,17 @@ def _frames(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).flatten(0, 1)
 
 
+def lowpass_distance(x: torch.Tensor, x_hat: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """mean |avg_pool(x - x_hat)| over `factor` x `factor` blocks of each frame ((B, C, H, W) or
+    (B, C, T, H, W); a partial block at the border is its own block). Its gradient per pixel is
+    as large as L1's but has one sign over a block, so a model that tints a region pays for it
+    as much as for a per-pixel error of the same size."""
+    err = x - x_hat
+    if err.dim() == 5:
+        err = _frames(err)
+    return F.avg_pool2d(err, factor, ceil_mode=True).abs().mean()
+
+
 def _same(z: torch.Tensor) -> torch.Tensor:
     return z
 
@@ -144,6 +160,8 @@ class VAELoss(nn.Module):
         for name in ("rec_type", "reg_type"):
             if getattr(cfg, name) not in ("l1", "l2"):
                 raise ConfigError(f"loss.{name} must be l1 or l2")
+        if cfg.lowpass_factor < 1:
+            raise ConfigError(f"loss.lowpass_factor must be >= 1, got {cfg.lowpass_factor}")
         if (cfg.reg_dec_weight > 0 or cfg.reg_enc_weight > 0) and image_vae is None:
             raise ConfigError("latent regularization needs the frozen image VAE: set "
                               "train.init_from_image_vae or train.image_vae (or set "
@@ -223,6 +241,10 @@ class VAELoss(nn.Module):
         rec = _distance(x, x_hat, cfg.rec_type)
         logs["rec"] = rec.detach()
         nll = rec
+        if cfg.lowpass_weight > 0:
+            low = lowpass_distance(x, x_hat, cfg.lowpass_factor)
+            logs["lowpass"] = low.detach()
+            nll = nll + cfg.lowpass_weight * low
         if self.lpips is not None:
             p = self.perceptual(x, x_hat)
             logs["lpips"] = p.detach()
