@@ -1,18 +1,24 @@
 """Train the default models that ship inside the package (`videovae.load_model("default")`).
 
     python tools/train_default.py --image-minutes 30 --video-minutes 21 --install
+    # more training of an earlier run's image VAE, then cv from it again
+    python tools/train_default.py --continue-from OLD_WORK --image-minutes 50 --image-lr 5e-4 \
+        --families cv --work NEW_WORK --install
 
 1. builds a training set that needs no download (or takes yours with `--data DIR`, holding
    `photos/`, `procedural/` (images) and `clips/` (videos)): every photo scikit-image ships but
    the held-out ones, procedurally generated images (gradients, shapes, textures, noise of
    random colours) and pan/zoom and moving-shape clips made from both;
 2. trains a small SD-layout image VAE (diffusers `AutoencoderKL`, 16 latent channels) on
-   random-resized 64 px crops of the images;
+   random-resized 64 px crops of the images, with L1, the block-mean colour term and KL (or
+   continues an earlier run's, on its data: `--continue-from`);
 3. inflates it into the `cv` and the `ktc` video VAE and fine-tunes each with the toolkit's
    trainer (`videovae train`: images as one-frame clips and 9-frame clips, CV-VAE's latent
    regularization against the frozen image VAE) for the same time;
 4. evaluates on clips no training step saw (pans over the held-out photos and the real GIF
-   scikit-image ships): the image VAE per frame, both video VAEs, bicubic 8x down-up;
+   scikit-image ships): the image VAE per frame, the video VAEs, bicubic 8x down-up, and
+   checks the shipped `cv` against the targets (PSNR at least bicubic's, colour error under
+   2/255 per channel, within 0.5 dB of the image VAE per frame);
 5. measures each video VAE's latent statistics (the `scaling_factor` diffusion models use) on
    the training clips, and with `--install` writes the image VAE and the `cv` video VAE in fp16
    safetensors into `videovae/weights/default/` with TRAINING.md and training.json (command,
@@ -271,6 +277,8 @@ def main():
               "machine": f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"}
     earlier = None
     if args.continue_from:
+        if not (Path(args.continue_from) / "report.json").is_file():
+            p.error(f"{args.continue_from} is not a train_default work folder (no report.json)")
         earlier = json.loads((Path(args.continue_from) / "report.json").read_text())
         if earlier["image_vae"]["config"] != IMAGE_VAE:
             p.error(f"{args.continue_from}: its image VAE has another config")

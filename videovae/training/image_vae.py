@@ -14,6 +14,11 @@ from .losses import lowpass_distance
 from .optim import warmup_cosine
 
 
+def _plain(value):
+    """Config values compared as JSON sees them (a tuple equals the list it is saved as)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int = 64,
                     lr: float = 1e-3, seed: int = 0, sources: list[SourceConfig] | None = None,
                     on_step=None, lowpass_weight: float = 0.0, init=None):
@@ -32,10 +37,8 @@ def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int =
         init_posterior_logvar(vae.quant_conv, config["latent_channels"])
     else:
         vae = AutoencoderKL.from_pretrained(init) if not isinstance(init, AutoencoderKL) else init
-        same = lambda a, b: (list(a) if isinstance(a, (list, tuple)) else a) == (  # noqa: E731
-            list(b) if isinstance(b, (list, tuple)) else b)
         differ = {k: (vae.config.get(k), v) for k, v in config.items()
-                  if not same(vae.config.get(k), v)}
+                  if _plain(vae.config.get(k)) != _plain(v)}
         if differ:
             raise ValueError(f"the image VAE to continue from has another config: {differ}")
         vae.train().requires_grad_(True)
