@@ -160,4 +160,5 @@ def test_outputs_honour_the_umask(tmp_path, model_dir, clip, umask):
         os.umask(old)
     assert (tmp_path / "z.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "video_vae").stat().st_mode & 0o777 == 0o777 & ~umask
-    assert (tmp_path / "video_vae" / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):  # safetensors: 0600
+        assert (tmp_path / "video_vae" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from videovae.data.sources import SourceConfig
 from videovae.data.synthetic import HELD_OUT_PHOTOS, load_photo, moving_shapes_clip, pan_zoom_clip
 from videovae.heldout import (bicubic, evaluate, held_out_clips, markdown, params_of, per_frame,
                               video)
-from videovae.io.atomic import write_json
+from videovae.io.atomic import atomic_output, write_json
 from videovae.io.video import VideoReader, frames_to_tensor, write_video
 from videovae.latents import config_updates, measure_latent_stats
 from videovae.models.registry import load_model
@@ -186,20 +185,15 @@ SHIPPED = ("cv",)  # video families installed; ktc (27 M parameters, 55 MB in fp
 
 def install(work: Path, report: dict, dest: Path) -> None:
     """fp16 copies of the image VAE and the SHIPPED video VAEs, TRAINING.md and training.json,
-    replacing `dest`."""
+    replacing `dest` whole (`atomic_output`: the old models stay until the new ones are in)."""
     from diffusers import AutoencoderKL
 
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    AutoencoderKL.from_pretrained(work / "image_vae").half().save_pretrained(tmp / "image_vae")
-    for arch in SHIPPED:
-        load_model(report["video"][arch]["installed_from"]).half().save_pretrained(tmp / arch)
-    write_json(tmp / "training.json", report, overwrite=True)
-    (tmp / "TRAINING.md").write_text(training_md(report))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with atomic_output(dest, is_dir=True, overwrite=True) as tmp:
+        AutoencoderKL.from_pretrained(work / "image_vae").half().save_pretrained(tmp / "image_vae")
+        for arch in SHIPPED:
+            load_model(report["video"][arch]["installed_from"]).half().save_pretrained(tmp / arch)
+        write_json(tmp / "training.json", report, overwrite=True)
+        (tmp / "TRAINING.md").write_text(training_md(report))
 
 
 def image_history(img: dict) -> str:

@@ -55,6 +55,18 @@ def _new_mode(path: Path, is_dir: bool) -> int:
     return (0o777 if is_dir else 0o666) & ~current_umask()
 
 
+def _normalize_file_modes(folder: Path) -> None:
+    """Give every file under a new `folder` the mode `open()` would have (0666 less the umask,
+    plus any execute bits it has): safetensors writes 0600, which would hide a model from the
+    rest of a team."""
+    base = 0o666 & ~current_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            f = Path(root) / name
+            if not f.is_symlink():
+                os.chmod(f, base | (f.stat().st_mode & 0o111))
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -124,6 +136,8 @@ def atomic_output(path, is_dir: bool = False, overwrite: bool = False):
     try:
         yield tmp
         os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file with a 0600 one
+        if is_dir:  # and inside a folder, the files they wrote (a model's weights) the same way
+            _normalize_file_modes(tmp)
         _publish(tmp, path, is_dir, overwrite)
     except BaseException:
         _remove(tmp)
