@@ -46,10 +46,12 @@ def test_targets_and_the_record_of_a_continued_image_vae():
             row("bicubic 8x down-up", 25.1, [0.0, 0.0, 0.0]),
             row("cv fine-tuned", 25.2, [0.5, 2.5, 0.4])]
     t = td.targets(rows)
-    assert t["psnr_at_least_bicubic"] and abs(t["psnr_vs_bicubic_db"] - 0.1) < 1e-9
-    assert not t["color_error_under_2"] and t["max_color_error"] == 2.5
-    assert t["within_half_db_of_image_vae"]
-    assert not td.targets([rows[0], rows[1], {**rows[2], "psnr": 25.0}])["psnr_at_least_bicubic"]
+    assert t["psnr_met"] and abs(t["psnr_vs_bicubic_db"] - 0.1) < 1e-9
+    assert not t["color_met"] and t["max_color_error"] == 2.5 and t["image_gap_met"]
+    worse = td.targets([rows[0], rows[1], {**rows[2], "psnr": 25.0}])
+    assert not worse["psnr_met"] and not worse["image_gap_met"]  # 0.6 dB under the image VAE
+    assert "NOT met, under 2 wanted" in td.targets_md(t) and "NOT met" not in td.targets_md(
+        td.targets([rows[0], rows[1], {**rows[2], "color_error": [1.9, 0.1, 0.0]}]))
     first = {"config": td.IMAGE_VAE, "steps": 100, "batch": 16, "crop": 64, "lr": 1e-3,
              "wall_seconds": 600.0}
     later = {**first, "steps": 50, "lr": 5e-4, "wall_seconds": 300.0,

@@ -92,7 +92,7 @@ def main() -> None:
     configs = Path(__file__).resolve().parents[1] / "configs" / "train"
     models, seconds = {}, {}
     runs = [(arch, weight, seed) for arch in args.archs or families()
-            for seed in args.seeds for weight in (0.0, args.align_weight)]
+            for seed in dict.fromkeys(args.seeds) for weight in (0.0, args.align_weight)]
     for arch, weight, seed in runs:
         name = f"{arch}_{'align' if weight else 'plain'}" + (f"_s{seed}" if seed else "")
         out = work / name

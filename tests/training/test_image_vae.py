@@ -27,3 +27,14 @@ def test_continuing_starts_from_the_given_weights(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         train_image_vae({**CONFIG, "latent_channels": 8}, 1, batch=2, resolution=16,
                         sources=SOURCES, init=tmp_path / "first")
+
+
+def test_continuing_needs_a_model_and_leaves_the_callers_object_alone(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image VAE to continue from"):
+        train_image_vae(CONFIG, 1, batch=2, resolution=16, sources=SOURCES,
+                        init=tmp_path / "missing")
+    vae, _ = train_image_vae(CONFIG, 1, batch=2, resolution=16, sources=SOURCES)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    moved, _ = train_image_vae(CONFIG, 2, batch=2, resolution=16, sources=SOURCES, init=vae)
+    assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())
+    assert not torch.equal(moved.decoder.conv_out.weight, before["decoder.conv_out.weight"])

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from helpers import random_video, tiny_image_vae
+from videovae.errors import ConfigError
 from videovae.models.distributions import DiagonalGaussianDistribution
 from videovae.training.losses import LossConfig, VAELoss, map_frames
 
@@ -100,8 +101,6 @@ def test_missing_image_vae_for_regularization_is_an_error():
         VAELoss(LossConfig(perceptual_weight=0, disc_weight=0, reg_dec_weight=1.0))
 
 
-
-
 def test_lowpass_term_sees_block_mean_colour_not_per_pixel_error():
     from videovae.training.losses import lowpass_distance
 
@@ -130,6 +129,6 @@ def test_lowpass_weight_adds_its_term_to_the_loss():
     loss1, logs1 = with_low.generator_loss(x, x_hat, post, None, step=0)
     assert "lowpass" not in logs0 and logs1["lowpass"] > 0.025
     assert torch.allclose(loss1 - loss0, 2.0 * logs1["lowpass"])
-    with pytest.raises(Exception, match="lowpass_factor"):
+    with pytest.raises(ConfigError, match="lowpass_factor"):
         VAELoss(LossConfig(perceptual_weight=0, disc_weight=0, reg_dec_weight=0,
                            lowpass_factor=0))

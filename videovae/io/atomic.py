@@ -56,15 +56,18 @@ def _new_mode(path: Path, is_dir: bool) -> int:
 
 
 def _normalize_file_modes(folder: Path) -> None:
-    """Give every file under a new `folder` the mode `open()` would have (0666 less the umask,
-    plus any execute bits it has): safetensors writes 0600, which would hide a model from the
-    rest of a team."""
-    base = 0o666 & ~current_umask()
-    for root, _, files in os.walk(folder):
+    """Give everything under a new `folder` the mode `open()` / `mkdir()` would have (0666 /
+    0777 less the umask; a file keeps its execute bits, masked too): safetensors writes 0600,
+    which would hide a model from the rest of a team."""
+    mask = current_umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not (Path(root) / name).is_symlink():
+                os.chmod(Path(root) / name, 0o777 & ~mask)
         for name in files:
             f = Path(root) / name
             if not f.is_symlink():
-                os.chmod(f, base | (f.stat().st_mode & 0o111))
+                os.chmod(f, (0o666 | (f.stat().st_mode & 0o111)) & ~mask)
 
 
 def _remove(p: Path) -> None:

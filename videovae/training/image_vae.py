@@ -3,6 +3,9 @@ point that the demo and the default models inflate into video VAEs."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +29,7 @@ def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int =
     L1 (+ `lowpass_weight` x the block-mean colour term, `losses.lowpass_distance`) + KL on
     one-frame crops of `sources` (each sample from one, drawn by `weight`; default: the bundled
     photos, the synthetic source). `init`: an `AutoencoderKL` (or its folder) to continue from
-    instead of a fresh one; its config must be `config`'s.
+    instead of a fresh one (a copy is trained); its config must be `config`'s.
     `on_step(step, l1)` is called after each step. Returns (vae, L1 per step)."""
     from diffusers import AutoencoderKL
 
@@ -36,7 +39,12 @@ def train_image_vae(config: dict, steps: int, batch: int = 16, resolution: int =
         vae = AutoencoderKL(**config)
         init_posterior_logvar(vae.quant_conv, config["latent_channels"])
     else:
-        vae = AutoencoderKL.from_pretrained(init) if not isinstance(init, AutoencoderKL) else init
+        if isinstance(init, AutoencoderKL):
+            vae = copy.deepcopy(init)  # the caller's model stays as it was
+        elif (Path(init) / "config.json").is_file():
+            vae = AutoencoderKL.from_pretrained(init)
+        else:
+            raise FileNotFoundError(f"no image VAE to continue from at {init} (no config.json)")
         differ = {k: (vae.config.get(k), v) for k, v in config.items()
                   if _plain(vae.config.get(k)) != _plain(v)}
         if differ:

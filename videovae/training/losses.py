@@ -2,7 +2,8 @@
 `(loss, log_dict)` for the generator and for the discriminator step (taming's split).
 
 Generator loss (every term's weight in `LossConfig`):
-    nll      = (rec + perceptual_weight * lpips) / exp(logvar) + logvar   (logvar 0 unless learned)
+    nll      = (rec + lowpass_weight * lowpass + perceptual_weight * lpips) / exp(logvar) + logvar
+               (logvar 0 unless learned)
     rec      = mean |x - x_hat| (or squared), over every pixel of every frame
     lowpass  = mean |avgpool_f(x - x_hat)|: the error of each f x f block's mean colour, frame by
                frame (`lowpass_distance`); per-pixel L1 barely pulls on a tint of a few levels,
