@@ -8,7 +8,7 @@ pooled to 8x8 patches (exported with torch.export, as a user would export DINOv2
 local structure, not semantics: the study shows that the alignment machinery trains and how it
 moves PSNR and learnability at this scale, not what DINOv2 alignment does at scale.
 
-    python tools/study_alignment.py --steps 150 -o study_alignment.json
+    python tools/study_alignment.py --steps 150 --seeds 0 1 -o study_alignment.json
 """
 
 from __future__ import annotations
