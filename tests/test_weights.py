@@ -85,3 +85,12 @@ def test_a_missing_shipped_model_is_a_clear_error(tmp_path, monkeypatch):
         videovae.load_model("default")
     with pytest.raises(ModelLoadError, match="unknown shipped model"):
         weights.default_model_dir("default-nope")
+
+
+def test_training_minutes_count_every_image_vae_run_and_the_shipped_video_vae(tmp_path,
+                                                                              monkeypatch):
+    record = {"image_vae": {"wall_seconds": 600, "continued_from": {"wall_seconds": 1200}},
+              "video": {"cv": {"wall_seconds": 300}, "ktc": {"wall_seconds": 9000}}}
+    (tmp_path / "training.json").write_text(json.dumps(record))
+    monkeypatch.setattr(weights, "DEFAULT_DIR", tmp_path)
+    assert weights.training_minutes() == 35.0  # 10 + 20 + 5; ktc is not shipped

@@ -70,7 +70,7 @@ def run_demo(out_dir="videovae_demo", fine_tune_steps: int = 60, long_frames: in
     from .models.registry import load_model
     from .plots import contact_sheet, plot_curves
     from .training.budget import run_training
-    from .weights import default_model_dir
+    from .weights import default_model_dir, training_minutes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,8 @@ def run_demo(out_dir="videovae_demo", fine_tune_steps: int = 60, long_frames: in
                             "held_out_psnr": r["psnr"]}
     print(f"      L1 (mean of {k} steps) {smooth[k - 1][1]:.4f} -> {smooth[-1][1]:.4f}; held-out "
           f"PSNR {rows['video VAE (shipped)']['psnr']:.2f} -> {r['psnr']:.2f} dB (a minute of "
-          "fine-tuning on a few photos moves a model; the shipped one trained for an hour)")
+          "fine-tuning on a few photos moves a model; the shipped ones trained for "
+          f"{training_minutes():.0f} minutes)")
 
     print(f"[4/4] a {long_frames}-frame clip through latent files, streamed ...", flush=True)
     long_clip = pan_zoom_clip(load_photo("rocket"), long_frames, (64, 96), speed=1.0)

@@ -35,3 +35,18 @@ def default_model_dir(name: str = "default") -> Path:
 def resolve_model(model) -> str | os.PathLike:
     """`model` itself, or the shipped folder when it is one of NAMES."""
     return default_model_dir(model) if is_default_name(model) else model
+
+
+def training_minutes() -> float:
+    """How long the shipped models trained in all (every image VAE run and the shipped video
+    VAE), from `default/training.json`."""
+    import json
+
+    record = json.loads((DEFAULT_DIR / "training.json").read_text())
+    minutes, img = 0.0, record["image_vae"]
+    while img is not None:
+        minutes += img["wall_seconds"] / 60
+        img = img.get("continued_from")
+    shipped = {folder for folder in NAMES.values() if folder != "image_vae"}
+    return minutes + sum(record["video"][arch]["wall_seconds"] / 60
+                         for arch in shipped if arch in record["video"])
