@@ -52,7 +52,7 @@ from videovae.models.registry import load_model
 from videovae.runtime import setup_cpu
 from videovae.training.budget import train_for_minutes
 from videovae.training.image_vae import train_image_vae
-from videovae.weights import DEFAULT_DIR
+from videovae.weights import DEFAULT_DIR, SHIPPED_FAMILIES, image_vae_runs
 
 IMAGE_VAE = dict(block_out_channels=[32, 64, 128, 128], layers_per_block=1, latent_channels=16,
                  norm_num_groups=8)  # `sd_vae_config` arguments
@@ -193,8 +193,7 @@ def targets_md(t: dict) -> str:
             "wanted).")
 
 
-SHIPPED = ("cv",)  # video families installed; ktc (27 M parameters, 55 MB in fp16 at this width)
-# stays in the work folder: too heavy to carry in the package
+SHIPPED = SHIPPED_FAMILIES  # video families installed; the others stay in the work folder
 
 
 def install(work: Path, report: dict, dest: Path) -> None:
@@ -211,16 +210,16 @@ def install(work: Path, report: dict, dest: Path) -> None:
 
 
 def image_history(img: dict) -> str:
-    """'N steps ... min' for the image VAE, earliest run first when it was continued."""
-    colour = img.get("lowpass_weight", 0.0)
-    this = (f"{img['steps']} steps of batch {img['batch']} at {img['crop']} px "
-            f"(peak lr {img['lr']:g}, {img['wall_seconds'] / 60:.1f} min; L1"
-            + (f" + {colour:g} x block-mean colour term" if colour else "") + " + KL)")
-    if "continued_from" not in img:
-        return this
-    before = img["continued_from"]
-    return (f"{image_history(before)} (`{before['command']}`, {before['date']}), then "
-            f"continued for {this}")
+    """'N steps ... min' for each run of the image VAE, earliest first (`--continue-from`)."""
+    def one(run):
+        colour = run.get("lowpass_weight", 0.0)
+        return (f"{run['steps']} steps of batch {run['batch']} at {run['crop']} px "
+                f"(peak lr {run['lr']:g}, {run['wall_seconds'] / 60:.1f} min; L1"
+                + (f" + {colour:g} x block-mean colour term" if colour else "") + " + KL)")
+
+    *before, last = image_vae_runs(img)
+    return "".join(f"{one(run)} (`{run['command']}`, {run['date']}), then continued for "
+                   for run in before) + one(last)
 
 
 def training_md(report: dict) -> str:
@@ -287,21 +286,19 @@ def main():
 
     if args.data:
         data = Path(args.data)
+        report["data"] = {"folder": str(data)}
     elif earlier:  # the folder that run used (its own data/ unless it had --data)
         data = Path(earlier.get("data_folder") or earlier["data"].get("folder")
                     or Path(args.continue_from) / "data")
-    else:
-        data = work / "data"
-    if (args.data or earlier) and not data.is_dir():
-        p.error(f"no data folder at {data}")
-    report["data_folder"] = str(data.resolve())
-    print(f"[1/5] data in {data}", flush=True)
-    if args.data:
-        report["data"] = {"folder": str(data)}
-    elif earlier:
         report["data"] = earlier["data"]
     else:
+        data = work / "data"
+    print(f"[1/5] data in {data}", flush=True)
+    if "data" not in report:
         report["data"] = build_data(data, args.procedural, args.clips)
+    elif not data.is_dir():
+        p.error(f"no data folder at {data}")
+    report["data_folder"] = str(data.resolve())
 
     print(f"[2/5] image VAE for {args.image_minutes} min", flush=True)
     report["image_vae"] = train_image_stage(

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 DEFAULT_DIR = Path(__file__).parent / "default"
+SHIPPED_FAMILIES = ("cv",)  # video families installed beside the image VAE; ktc (27 M parameters,
+# 55 MB in fp16 at this width) is too heavy to carry in the package
 NAMES = {"default": "cv", "default-cv": "cv", "default-image-vae": "image_vae"}
 
 
@@ -37,16 +39,22 @@ def resolve_model(model) -> str | os.PathLike:
     return default_model_dir(model) if is_default_name(model) else model
 
 
+def image_vae_runs(record: dict) -> list[dict]:
+    """The runs of a training record's image VAE (`training.json`'s "image_vae"), earliest
+    first: a run continued from an earlier one holds it under "continued_from"."""
+    runs = []
+    while record is not None:
+        runs.insert(0, record)
+        record = record.get("continued_from")
+    return runs
+
+
 def training_minutes() -> float:
     """How long the shipped models trained in all (every image VAE run and the shipped video
-    VAE), from `default/training.json`."""
+    VAEs), from `default/training.json`."""
     import json
 
     record = json.loads((DEFAULT_DIR / "training.json").read_text())
-    minutes, img = 0.0, record["image_vae"]
-    while img is not None:
-        minutes += img["wall_seconds"] / 60
-        img = img.get("continued_from")
-    shipped = {folder for folder in NAMES.values() if folder != "image_vae"}
-    return minutes + sum(record["video"][arch]["wall_seconds"] / 60
-                         for arch in shipped if arch in record["video"])
+    return (sum(run["wall_seconds"] for run in image_vae_runs(record["image_vae"]))
+            + sum(record["video"][arch]["wall_seconds"] for arch in SHIPPED_FAMILIES
+                  if arch in record["video"])) / 60
