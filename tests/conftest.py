@@ -8,10 +8,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import SD3_CONFIG, SD_CONFIG, reset_accelerate_state, tiny_vae  # noqa: E402
 from videovae.data.synthetic import load_photo, pan_zoom_clip  # noqa: E402
 from videovae.io.video import write_video  # noqa: E402
 from videovae.runtime import setup_cpu  # noqa: E402
+
+from helpers import SD3_CONFIG, SD_CONFIG, reset_accelerate_state, tiny_vae  # noqa: E402
 
 setup_cpu()
 

@@ -3,22 +3,37 @@
 Imported by test modules as `helpers` (tests/ is on sys.path through conftest.py).
 """
 
+import importlib.util
+from functools import cache
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import AutoencoderKL
 
 from videovae.convert import sd_vae_config
 from videovae.data.synthetic import load_photo, pan_zoom_clip
 from videovae.io.video import frames_to_tensor, write_video
-from videovae.models.registry import family_class
+from videovae.models import DEFAULT_ARCH, family_class
 from videovae.training.budget import reset_accelerate_state  # noqa: F401 - for the tests
+
+
+def _has_decord() -> bool:
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# The video reader backends to parametrize over: decord only where it is installed (it has no
+# wheels for some platforms; videovae then reads with PyAV).
+READER_BACKENDS = [pytest.param("decord", marks=pytest.mark.skipif(
+    not _has_decord(), reason="decord is not installed (no wheel for this platform)")), "pyav"]
 
 TOL = 1e-5  # exact-math tolerance in fp32 (streaming, chunking)
 INFLATE_TOL = 1e-4  # inflated model vs image VAE
 
-TINY = dict(block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
-            latent_channels=4)
 
 # The real SD 1.x/2.x VAE config, and SD3's 16-channel one (diffusers config.json of each).
 SD_CONFIG = sd_vae_config(sample_size=512, scaling_factor=0.18215)
@@ -26,9 +41,49 @@ SD3_CONFIG = sd_vae_config(latent_channels=16, sample_size=1024, scaling_factor=
                            shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False)
 
 
-def tiny_vae(seed=0, arch="cv", **kw):
+MODEL_TESTS = Path(__file__).parent / "models"
+
+
+def family_test_file(arch: str) -> Path:
+    """The one test file of family `arch`: it holds the family's `FamilyTests` subclass."""
+    return MODEL_TESTS / f"test_autoencoder_{arch}.py"
+
+
+@cache
+def family_test_class(arch: str):
+    """The `FamilyTests` subclass in the family's test file (loaded from the file, so tests of
+    every family read the family's own tiny config and applicability)."""
+    from family_mixin import FamilyTests
+
+    path = family_test_file(arch)
+    if not path.is_file():
+        raise LookupError(f"family {arch!r} has no test file {path}")
+    spec = importlib.util.spec_from_file_location(f"_family_tests_{arch}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = [c for c in vars(module).values() if isinstance(c, type)
+             and issubclass(c, FamilyTests) and c is not FamilyTests and c.arch == arch]
+    if len(found) != 1:
+        raise LookupError(f"{path} must define one FamilyTests subclass with arch = {arch!r}, "
+                          f"found {len(found)}")
+    return found[0]
+
+
+def tiny_config(arch: str = DEFAULT_ARCH) -> dict:
+    """Keyword arguments of family `arch`'s tiny test model (its `FamilyTests.config`)."""
+    return dict(family_test_class(arch).config)
+
+
+def tiny_vae(seed=0, arch=DEFAULT_ARCH, **kw):
+    """A seeded tiny model of family `arch` (its tiny config, updated with `kw`), in eval mode."""
     torch.manual_seed(seed)
-    return family_class(arch)(**{**TINY, **kw}).eval()
+    return family_class(arch)(**{**tiny_config(arch), **kw}).eval()
+
+
+def applies(arch: str, prop: str) -> str | None:
+    """None if the shared property `prop` applies to family `arch`, else the skip reason its
+    test file gives (`FamilyTests.not_applicable`)."""
+    return family_test_class(arch).not_applicable.get(prop)
 
 
 def tiny_image_vae(seed=0, widths=(8, 16, 16, 16), groups=4, **kw) -> AutoencoderKL:

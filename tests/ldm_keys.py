@@ -30,7 +30,8 @@ def diffusers_to_ldm_key(key: str, num_levels: int) -> str:
     m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(\w+)\.(.*)", key)
     if m:
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{RESNET_PARTS[m[3]]}.{m[4]}"
-    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)", key)
+    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\."
+                 r"(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)", key)
     if m:
         return f"{m[1]}.mid.attn_1.{ATTN_PARTS[m[2]]}.{m[3]}"
     return key  # conv_in, conv_out, quant_conv, post_quant_conv keep their names

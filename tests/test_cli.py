@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import tiny_vae
 from videovae.cli import main as cli
+
+from helpers import tiny_vae
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,32 +34,31 @@ rc = cli.main(["decode", {str(tmp_path / "missing.safetensors")!r}, "--model", "
 print("rc", rc)
 print("heavy", sorted(m for m in ("torch", "diffusers", "numpy") if m in sys.modules))
 """
-    start = time.perf_counter()
     res = _python(code)
-    seconds = time.perf_counter() - start
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert "help-exit 0" in lines and "rc 1" in lines and "heavy []" in lines, res.stdout
     assert res.stderr.strip().splitlines() == [
         f"videovae decode: error: latent file not found: {tmp_path / 'missing.safetensors'}"]
-    assert seconds < 3, seconds  # importing torch alone takes longer than this
+    # no wall-clock bound (a loaded machine breaks it): "heavy []" shows nothing heavy loaded
     # the public names still import (lazily)
     import videovae
     from videovae import VideoVAE, load_model, pad_video  # noqa: F401
 
-    assert VideoVAE.__name__ == "VideoVAE" and "families" in dir(videovae)
+    assert hasattr(VideoVAE, "from_pretrained") and "families" in dir(videovae)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
-        videovae.nope
+        _ = videovae.nope
 
 
 def test_help_defaults_match_the_code():
     from videovae.cli import HELP_DEFAULTS, IMAGE_VAE_TYPES
     from videovae.latents import KNOWN_IMAGE_VAES
-    from videovae.models import streaming
+    from videovae.models import StreamingAutoencoder
 
-    assert HELP_DEFAULTS == {"chunk_frames": streaming.ENCODE_CHUNK_FRAMES,
-                             "decode_chunk": streaming.DECODE_CHUNK_LATENTS,
-                             "tile_overlap": streaming.TILE_SAMPLE_OVERLAP}
+    base = sys.modules[StreamingAutoencoder.__module__]  # (whatever the module is named)
+    assert HELP_DEFAULTS == {"chunk_frames": base.ENCODE_CHUNK_FRAMES,
+                             "decode_chunk": base.DECODE_CHUNK_LATENTS,
+                             "tile_overlap": base.TILE_SAMPLE_OVERLAP}
     assert IMAGE_VAE_TYPES == tuple(sorted(KNOWN_IMAGE_VAES))
 
 

@@ -1,4 +1,5 @@
-"""`videovae demo` end to end with a handful of steps (the README's first command runs it in full)."""
+"""`videovae demo` end to end with a handful of steps (the README's first command runs it in
+full)."""
 
 import json
 

@@ -9,12 +9,13 @@ import sys
 import pytest
 import torch
 
-from helpers import TOL, tiny_vae, write_media
 from videovae.cli import main as cli
 from videovae.data import LatentDataset
 from videovae.extract import ExtractOptions, Extractor, frame_ranges, nearest_bucket, run_extract
 from videovae.io.video import VideoReader, frames_to_tensor
 from videovae.latents import normalize_latents
+
+from helpers import TOL, tiny_vae, write_media
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -134,7 +135,7 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, media, model_dir, monke
     assert calls == [3, 4]  # complete shards were skipped
     assert _files(out) == _files(clean)
     # resuming with other options is refused
-    with pytest.raises(ValueError, match="another options"):
+    with pytest.raises(ValueError, match="other options \\(shard_items 1 -> 2\\)"):
         _extract(model_dir, media, out, shard_items=2)
 
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import tiny_vae
 from videovae.cli import main as cli
 from videovae.data.synthetic import load_photo, pan_zoom_clip
 from videovae.io.latent_file import load_latents
 from videovae.io.video import VideoReader, frames_to_tensor, tensor_to_frames
 from videovae.io.video import write_video as write_clip
 from videovae.metrics import group_position_stats, psnr_per_frame
+
+from helpers import tiny_vae
 
 
 def _no_partial(d, stem):

@@ -29,7 +29,8 @@ def test_colour_error_and_group_positions_are_measured():
     assert set(row["psnr_by_clip"]) == {"a", "b"} and row["params_m"] == 2.0
     table = markdown([row, evaluate("bicubic", bicubic(8), clips)])
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| tint | 2.00 |") and lines[2].endswith("| 12.7/0.1/0.1 |")
+    assert len(lines) == 4 and lines[2].startswith("| tint | 2.00 |")
+    assert lines[2].endswith("| 12.7/0.1/0.1 |")
 
 
 def test_held_out_clips_are_pans_over_the_held_out_photos():

@@ -5,7 +5,6 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import tiny_vae
 from videovae.data.synthetic import moving_shapes_clip
 from videovae.errors import VideoReadError, VideoVAEError
 from videovae.io.latent_file import load_latents, save_latents
@@ -13,8 +12,10 @@ from videovae.io.listing import list_files
 from videovae.io.video import VideoReader
 from videovae.io.video import write_video as write_clip
 
+from helpers import READER_BACKENDS, tiny_vae
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+
+@pytest.mark.parametrize("backend", READER_BACKENDS)
 def test_reader_and_writer_preserve_count_size_fps(clip, backend):
     path, frames = clip
     r = VideoReader(path, backend)
@@ -80,7 +81,7 @@ def test_latent_file_round_trip_and_errors(tmp_path, model_dir):
         load_latents(tmp_path / "bare.safetensors")
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", READER_BACKENDS)
 def test_read_frames_by_index(clip, backend):
     path, _ = clip
     r = VideoReader(path, backend)

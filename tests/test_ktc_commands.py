@@ -6,7 +6,6 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_vae
 from videovae import load_model
 from videovae.cli import main as cli
 from videovae.data.synthetic import load_photo, pan_zoom_clip
@@ -14,12 +13,13 @@ from videovae.io.latent_file import load_latents
 from videovae.io.video import VideoReader, frames_to_tensor
 from videovae.io.video import write_video as write_clip
 
+from helpers import tiny_vae
+
 
 @pytest.fixture(scope="module")
 def ktc_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("ktc_model")
-    tiny_vae(seed=5, arch="ktc", block_out_channels=(8, 16, 16, 16), norm_num_groups=4,
-             latent_channels=8).save_pretrained(d)
+    tiny_vae(seed=5, arch="ktc").save_pretrained(d)
     return d
 
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from helpers import random_video
 from videovae.metrics import group_position_stats, psnr_per_frame, ssim_per_frame
+
+from helpers import random_video
 
 
 def test_group_position_stats():

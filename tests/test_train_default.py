@@ -58,4 +58,5 @@ def test_targets_and_the_record_of_a_continued_image_vae():
              "continued_from": {"command": "python tools/train_default.py", "date": "d0",
                                 **first}}
     text = td.image_history(later)
-    assert text.index("100 steps") < text.index("continued for 50 steps") and "peak lr 0.0005" in text
+    assert text.index("100 steps") < text.index("continued for 50 steps")
+    assert "peak lr 0.0005" in text

@@ -24,7 +24,7 @@ def shipped():
 
 def test_shipped_models_load_by_name_in_fp32(shipped):
     vae, image_vae = shipped
-    assert type(vae).__name__ == "VideoVAE" and next(vae.parameters()).dtype == torch.float32
+    assert type(vae) is videovae.AutoencoderCV and next(vae.parameters()).dtype == torch.float32
     assert vae.config.latent_channels == image_vae.config.latent_channels == 16
     assert vae.config.scaling_factor == pytest.approx(RECORD["video"]["cv"]["scaling_factor"])
     for name, sub in (("default", "cv"), ("default-cv", "cv"), ("default-image-vae", "image_vae")):
@@ -94,3 +94,21 @@ def test_training_minutes_count_every_image_vae_run_and_the_shipped_video_vae(tm
     (tmp_path / "training.json").write_text(json.dumps(record))
     monkeypatch.setattr(weights, "DEFAULT_DIR", tmp_path)
     assert weights.training_minutes() == 35.0  # 10 + 20 + 5; ktc is not shipped
+
+
+def test_shipped_image_vae_carries_its_own_constants_and_no_machine_paths(tmp_path, caplog):
+    """The shipped image VAE's latent scaling is its own, measured (training.json), and
+    inflating it copies that, not SD's 0.18215; no config names the training machine's path."""
+    import logging
+
+    from videovae.convert import inflate_image_vae
+
+    own = RECORD["image_vae"]["scaling_factor"]
+    assert abs(own - 0.18215) > 0.05
+    with caplog.at_level(logging.INFO, logger="videovae.convert.inflate"):
+        vae = inflate_image_vae("default", arch="cv")
+    assert vae.config.scaling_factor == pytest.approx(own)
+    assert "a custom image VAE" in caplog.text and "sd3" not in caplog.text
+    for sub in ("cv", "image_vae"):
+        cfg = json.loads((weights.DEFAULT_DIR / sub / "config.json").read_text())
+        assert "_name_or_path" not in cfg, sub

@@ -62,7 +62,7 @@ def worker(args) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t1 = time.perf_counter()
-            model.decode(z).sample
+            _ = model.decode(z).sample
             if device.type == "cuda":
                 torch.cuda.synchronize()
             return t1 - t0, time.perf_counter() - t1, tuple(z.shape)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from videovae.convert import inflate_from_model
+from videovae.convert import INFLATERS, inflate_from_model
 from videovae.data.synthetic import HELD_OUT_PHOTOS
 from videovae.heldout import evaluate, held_out_clips, markdown, params_of, per_frame, video
 from videovae.io.atomic import write_json
@@ -71,7 +71,7 @@ def main():
     rows = [evaluate("image VAE per frame", per_frame(image_vae), clips, params_of(image_vae))]
     runs = {}
     print(f"[2/3] training cv and ktc for {args.minutes} min each", flush=True)
-    for arch in ("cv", "ktc"):
+    for arch in INFLATERS:
         inflated = inflate_from_model(image_vae, arch).eval()
         rows.append(evaluate(f"{arch} inflated", video(inflated), clips, params_of(inflated)))
         settings = {**TRAIN, "model": {"arch": arch},

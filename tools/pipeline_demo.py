@@ -82,13 +82,15 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     from videovae.integrations.tiny_pipelines import PIPELINES
+    from videovae.models import DEFAULT_ARCH, families
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", default="wan", choices=PIPELINES,
                    help="tiny random pipeline to build (without --pipeline-dir)")
     p.add_argument("--pipeline-dir", help="a local diffusers pipeline folder instead")
     p.add_argument("--model", help="videovae model folder (default: a small random model)")
-    p.add_argument("--arch", default="cv", help="family of the random model")
+    p.add_argument("--arch", default=DEFAULT_ARCH, choices=families(),
+                   help="family of the random model")
     p.add_argument("--latent-channels", type=int, default=16)
     p.add_argument("--prompt", default="", help="with --pipeline-dir")
     p.add_argument("--image", help="conditioning image (image-to-video, with --pipeline-dir)")

@@ -104,7 +104,7 @@ def main() -> None:
             train(load_train_config(str(config), [
                 f"model.arch={arch}", f"train.output_dir={out}",
                 f"train.max_steps={args.steps}", f"train.seed={seed}", "train.val_every=0",
-                "train.checkpoint_every=0", f"loss.align_weight={weight}",
+                "train.checkpoint_every=0", "train.overwrite=true", f"loss.align_weight={weight}",
                 f"loss.align_backbone={backbone}", "loss.align_image_size=64"]))
             timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
         seconds[name] = float(timing.read_text()) if timing.is_file() else None

@@ -39,15 +39,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from videovae.convert import inflate_from_model
+from videovae.convert import INFLATERS, inflate_from_model
+from videovae.data.latent_stats import measure_latent_stats
 from videovae.data.procedural import procedural_image, training_photos
 from videovae.data.sources import SourceConfig
 from videovae.data.synthetic import HELD_OUT_PHOTOS, load_photo, moving_shapes_clip, pan_zoom_clip
-from videovae.heldout import (bicubic, evaluate, held_out_clips, markdown, params_of, per_frame,
-                              video)
+from videovae.heldout import (
+    bicubic,
+    evaluate,
+    held_out_clips,
+    markdown,
+    params_of,
+    per_frame,
+    video,
+)
 from videovae.io.atomic import atomic_output, write_json
 from videovae.io.video import VideoReader, frames_to_tensor, write_video
-from videovae.latents import config_updates, measure_latent_stats
+from videovae.latents import config_updates
 from videovae.models.registry import load_model
 from videovae.runtime import setup_cpu
 from videovae.training.budget import train_for_minutes
@@ -196,6 +204,23 @@ def targets_md(t: dict) -> str:
 SHIPPED = SHIPPED_FAMILIES  # video families installed; the others stay in the work folder
 
 
+def image_vae_scaling(image_vae, photos: Path) -> dict:
+    """The image VAE's own latent scaling, measured on center crops of the training photos (the
+    image VAE's own constants, not another model's: `videovae inflate --image-vae default`
+    copies them)."""
+    stats = measure_latent_stats(image_vae, photos, num_clips=64, resolution=128, kind="image",
+                                 progress=False)
+    return {"scaling_factor": stats["scaling_factor"], "latent_std": stats["std"]}
+
+
+def strip_origin(model_dir: Path) -> None:
+    """Drop `_name_or_path` (the training machine's path) from a saved model's config.json."""
+    cfg_file = model_dir / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.pop("_name_or_path", None)
+    cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def install(work: Path, report: dict, dest: Path) -> None:
     """fp16 copies of the image VAE and the SHIPPED video VAEs, TRAINING.md and training.json,
     replacing `dest` whole (`atomic_output`: the old models stay until the new ones are in)."""
@@ -203,8 +228,10 @@ def install(work: Path, report: dict, dest: Path) -> None:
 
     with atomic_output(dest, is_dir=True, overwrite=True) as tmp:
         AutoencoderKL.from_pretrained(work / "image_vae").half().save_pretrained(tmp / "image_vae")
+        strip_origin(tmp / "image_vae")
         for arch in SHIPPED:
             load_model(report["video"][arch]["installed_from"]).half().save_pretrained(tmp / arch)
+            strip_origin(tmp / arch)
         write_json(tmp / "training.json", report, overwrite=True)
         (tmp / "TRAINING.md").write_text(training_md(report))
 
@@ -255,8 +282,8 @@ def main():
     p.add_argument("--image-minutes", type=float, default=30.0)
     p.add_argument("--image-lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--video-minutes", type=float, default=21.0, help="per family")
-    p.add_argument("--families", nargs="+", default=["cv", "ktc"], choices=["cv", "ktc"],
-                   help="video families to train (cv is the one installed)")
+    p.add_argument("--families", nargs="+", default=list(INFLATERS), choices=list(INFLATERS),
+                   help=f"video families to train (installed: {', '.join(SHIPPED_FAMILIES)})")
     p.add_argument("--procedural", type=int, default=400, help="procedural images to make")
     p.add_argument("--clips", type=int, default=300, help="training clips to make")
     p.add_argument("--data", default=None, help="use this data folder instead of building one")
@@ -267,8 +294,8 @@ def main():
     p.add_argument("--install", action="store_true",
                    help=f"write the models into the package ({DEFAULT_DIR})")
     args = p.parse_args()
-    if args.install and "cv" not in args.families:
-        p.error("--install ships the cv model: --families must include cv")
+    if args.install and not set(SHIPPED_FAMILIES) <= set(args.families):
+        p.error(f"--install ships {', '.join(SHIPPED_FAMILIES)}: --families must include them")
     setup_cpu()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -310,6 +337,14 @@ def main():
                                                  **earlier["image_vae"]}
     from diffusers import AutoencoderKL
     image_vae = AutoencoderKL.from_pretrained(work / "image_vae").eval()
+    if (data / "photos").is_dir():  # a folder of this script's layout
+        scaling = image_vae_scaling(image_vae, data / "photos")
+        image_vae.register_to_config(scaling_factor=scaling["scaling_factor"], shift_factor=None)
+        image_vae.save_pretrained(work / "image_vae")
+        report["image_vae"].update(scaling)
+    else:
+        print(f"{data} has no photos/ folder: the image VAE keeps the default latent scaling",
+              flush=True)
 
     clips = held_out_clips(17, (96, 128))
     name, gif = real_clip()

@@ -11,9 +11,11 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "VideoVAE": "videovae.models", "AutoencoderKTC": "videovae.models",
+    "AutoencoderCV": "videovae.models", "VideoVAE": "videovae.models",
+    "AutoencoderKTC": "videovae.models", "FAMILIES": "videovae.models",
     "DiagonalGaussianDistribution": "videovae.models",
     "load_model": "videovae.models", "families": "videovae.models",
+    "family_class": "videovae.models", "StreamingAutoencoder": "videovae.models",
     "num_latent_frames": "videovae.models", "frame_counts_for": "videovae.models",
     "pad_frames": "videovae.models", "pad_size": "videovae.models", "pad_video": "videovae.models",
 }
@@ -24,7 +26,6 @@ __all__ = [*_EXPORTS, "__version__"]
 def __getattr__(name):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'videovae' has no attribute {name!r}")
-    importlib.import_module("videovae.convert")  # registers the image-VAE inflaters
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value

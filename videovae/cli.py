@@ -1,9 +1,14 @@
 """The `videovae` command line (also `python -m videovae`).
 
-Parsing, `--help` and the checks of paths and names run before torch and diffusers are imported
-(each command imports what it needs), so mistakes are reported in a fraction of a second. Every
-failure is one line on stderr and a non-zero exit; SIGTERM is handled like Ctrl-C, so no
-temporary file is left behind.
+Parsing, `--help` and the checks of options, inputs and outputs run before the model loads, and
+mostly before torch and diffusers are imported (each command imports what it needs), so mistakes
+are reported in a fraction of a second: option ranges, inputs (regular files whose header opens,
+data paths that list files), model names, and outputs (suffixes, existing folders, existing
+files without --overwrite, and no output that is an input or another output). Every failure is
+one line on stderr and a non-zero exit. SIGINT (Ctrl-C, exit 130) and SIGTERM (exit 143) stop
+any command within a few seconds, even in the middle of a long native step
+(`videovae.runtime.stop_on_signals`): no temporary file is left behind, nothing half-written is
+published, and `eval` writes its partial report.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from pathlib import Path
 
 from . import __version__
 from .errors import VideoVAEError, one_line
+from .runtime import Terminated, stop_exit_code, stop_message, stop_on_signals, stop_requested
 
 logger = logging.getLogger("videovae")
 
 # Defaults shown in --help without importing the models (tests/test_cli.py checks them against
-# videovae.models.streaming and videovae.latents).
+# videovae.models.base and videovae.latents).
 HELP_DEFAULTS = {"chunk_frames": 16, "decode_chunk": 4, "tile_overlap": 64}
 IMAGE_VAE_TYPES = ("flux", "sd", "sd3", "sdxl")
 
@@ -76,12 +82,14 @@ def cmd_encode(args) -> None:
 
 
 def cmd_decode(args) -> None:
-    from .files import decode_file
+    from .files import decode_file, fps_text
+    from .io.latent_file import read_latent_metadata
 
+    read_latent_metadata(args.latents)  # a broken file is said before the model loads
     info = decode_file(_load(args), args.latents, args.output, crf=args.crf,
-                       progress=not args.no_progress, overwrite=args.overwrite)
+                       progress=not args.no_progress, overwrite=args.overwrite, force=args.force)
     print(f"wrote {args.output}: {info['num_frames']} frames, {info['width']}x{info['height']} "
-          f"at {info['fps']:.3f} fps")
+          f"at {fps_text(info['frame_rate'])}")
 
 
 def cmd_reconstruct(args) -> None:
@@ -120,6 +128,8 @@ def _size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW (e.g. 256x448), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be >= 1 pixel, got {text!r}")
     return h, w
 
 
@@ -133,7 +143,7 @@ def cmd_extract(args) -> None:
                           shard_items=args.shard_items, backend=args.backend)
     summary = run_extract(args.model, args.data, args.output, opts, dtype=pick_dtype(args.dtype),
                           chunk_frames=args.chunk_frames, tile=args.tile,
-                          progress=not args.no_progress)
+                          tile_overlap=args.tile_overlap, progress=not args.no_progress)
     if summary is not None:  # rank 0
         print(f"wrote {args.output}: {summary['windows']} latent clips ({summary['frames']} "
               f"frames) from {summary['items'] - summary['failed_items']} of {summary['items']} "
@@ -158,13 +168,13 @@ def cmd_learnability(args) -> None:
 
 
 def cmd_latent_stats(args) -> None:
-    import json
     import math
 
     from .config import read_model_config
+    from .data.latent_stats import measure_latent_stats
     from .errors import VideoVAEError
-    from .io.atomic import atomic_output, write_json
-    from .latents import config_updates, measure_latent_stats
+    from .io.atomic import atomic_output, to_json, write_json
+    from .latents import config_updates
     from .models.registry import load_model
     from .runtime import pick_device
 
@@ -174,10 +184,10 @@ def cmd_latent_stats(args) -> None:
                                  kind=args.kind, progress=not args.no_progress)
     updates = config_updates(stats, per_channel=args.per_channel, with_shift=args.shift)
     stats["config_updates"] = updates
-    print(json.dumps(updates))
+    print(to_json(updates))
     if args.output:
-        with atomic_output(args.output, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(stats, indent=2))
+        with atomic_output(args.output, overwrite=args.overwrite) as tmp:
+            tmp.write_text(to_json(stats, indent=2))
     if args.write:  # only config.json changes; the folder's other files stay as they are
         bad = [k for k, v in updates.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
@@ -206,6 +216,8 @@ def cmd_demo(args) -> None:
 # ----------------------------------------------------------------------------------------------
 # Parser
 
+TILE_OVERLAP_HELP = ("tile overlap in pixels, with --tile (default: a quarter of the tile, at most "
+                     f"{HELP_DEFAULTS['tile_overlap']}, a multiple of the spatial ratio)")
 MODEL_HELP = ("model folder of any family (config.json + weights); default: the shipped model "
               "(`default`)")
 
@@ -227,8 +239,7 @@ def _model_options(s, reads_video: bool, output_help: str | None = None) -> None
                    help=f"latent frames per decode step (default {HELP_DEFAULTS['decode_chunk']})")
     s.add_argument("--tile", type=int, default=None,
                    help="spatial tile size in pixels (default: no tiling); for large frames")
-    s.add_argument("--tile-overlap", type=int, default=None,
-                   help=f"tile overlap in pixels (default {HELP_DEFAULTS['tile_overlap']})")
+    s.add_argument("--tile-overlap", type=int, default=None, help=TILE_OVERLAP_HELP)
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--overwrite", action="store_true")
     if reads_video:
@@ -247,13 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-vae", required=True,
                    help="diffusers AutoencoderKL folder, or one .safetensors/.ckpt file")
     s.add_argument("--arch", default=None,
-                   help="video VAE family, cv or ktc (default: the config's model.arch, else cv)")
-    s.add_argument("--config", help="YAML of VideoVAE settings (top level or under `model:`)")
+                   help="video VAE family: a key of videovae.FAMILIES that can be inflated "
+                        "(default: the config's model.arch, else videovae.models.DEFAULT_ARCH)")
+    s.add_argument("--config", help="YAML of model settings (top level or under `model:`)")
     s.add_argument("--image-vae-type", choices=IMAGE_VAE_TYPES,
                    help="latent scaling to use when the checkpoint does not say")
     s.add_argument("-o", "--output", required=True, help="output model folder")
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="VideoVAE settings")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="model settings")
     s.set_defaults(func=cmd_inflate)
 
     s = sub.add_parser("encode", help="encode a video into a latent file (streams)")
@@ -267,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("decode", help="decode a latent file into a video (streams)")
     s.add_argument("latents")
     _model_options(s, reads_video=False)
-    s.add_argument("--crf", type=int, default=10, help="H.264 quality (0 = lossless)")
+    s.add_argument("--crf", type=int, default=10, help="H.264 quality, 0..51 (0 = lossless)")
+    s.add_argument("--force", action="store_true",
+                   help="decode latents recorded as made by other weights of this architecture")
     s.set_defaults(func=cmd_decode)
 
     s = sub.add_parser("reconstruct", help="encode + decode a video, with metrics")
@@ -276,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics", help="write per-frame and mean PSNR/SSIM to this JSON")
     s.add_argument("--side-by-side", action="store_true",
                    help="also write OUT_side_by_side.mp4 (input | reconstruction)")
-    s.add_argument("--crf", type=int, default=10, help="H.264 quality (0 = lossless)")
+    s.add_argument("--crf", type=int, default=10, help="H.264 quality, 0..51 (0 = lossless)")
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("eval", help="mean PSNR/SSIM of reconstructions over a data set")
@@ -314,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk-frames", type=int, default=None,
                    help="frames read and encoded per streamed step (bounds memory)")
     s.add_argument("--tile", type=int, default=None, help="spatial tile size in pixels")
+    s.add_argument("--tile-overlap", type=int, default=None, help=TILE_OVERLAP_HELP)
     s.add_argument("--backend", default="auto", choices=["auto", "decord", "pyav"])
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_extract)
@@ -347,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shift", action="store_true", help="also set shift_factor (SD3/FLUX style)")
     s.add_argument("--write", action="store_true", help="write the result into the model config")
     s.add_argument("-o", "--output", help="write all statistics to this JSON")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_latent_stats)
@@ -371,30 +387,174 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _precheck(args) -> None:
-    """What can be checked without torch: inputs exist, outputs can be written, names fit."""
-    from .config import read_model_config
-    from .io.atomic import check_output_path
-    from .io.listing import LATENT_SUFFIX, WRITABLE_VIDEO_SUFFIXES, check_output_suffix
-
-    cmd = args.command
-    if cmd in ("encode", "reconstruct"):
-        _require(args.video, "video")
-    if cmd == "decode":
-        _require(args.latents, "latent file")
-    if cmd in ("eval", "latent-stats", "extract", "learnability"):
-        _require(args.data, "data path")
+    """What can be checked before the model loads (mostly without torch): option ranges, inputs
+    (exist, regular files, readable headers), models, and outputs (names, folders, existing
+    files, and none of them an input or another output)."""
+    _check_ranges(args)
+    listed = _check_inputs(args)
     _resolve_models(args)
+    from .config import read_model_config
+
     models = getattr(args, "model", None)
     for model in models if isinstance(models, list) else [models] if models else []:
         read_model_config(model)
-    output = getattr(args, "output", None)
-    if output is None or cmd in ("train", "demo", "latent-stats", "extract"):
-        return  # (extract resumes an existing output folder)
-    if cmd == "encode":
-        check_output_suffix(output, (LATENT_SUFFIX,), "a latent file")
-    elif cmd in ("decode", "reconstruct"):
-        check_output_suffix(output, WRITABLE_VIDEO_SUFFIXES, "a video format")
-    check_output_path(Path(output), args.overwrite, is_dir=cmd == "inflate")
+    outputs = _outputs(args)
+    _check_output_names(args, outputs)
+    from .io.atomic import check_distinct_paths, check_output_path
+
+    labelled = [(label, path) for label, path, _, _ in outputs]
+    inputs = _inputs(args, listed if any(p.is_file() for _, p in labelled) else [])
+    check_distinct_paths(labelled, inputs)
+    for _, path, is_dir, may_exist in outputs:
+        check_output_path(path, overwrite=may_exist or args.overwrite, is_dir=is_dir)
+
+
+# Options that count or size something: (minimum, maximum or None, what the range means)
+_RANGES = {"crf": (0, 51, "H.264 quality, 0 = lossless"), "chunk_frames": (1, None, ""),
+           "decode_chunk": (1, None, ""), "tile": (1, None, "pixels"),
+           "tile_overlap": (0, None, "pixels"), "max_files": (1, None, ""),
+           "clips": (1, None, ""), "num_frames": (1, None, ""), "resolution": (1, None, "pixels"),
+           "frames": (1, None, ""), "steps": (1, None, ""), "batch_size": (1, None, ""),
+           "shard_items": (1, None, ""), "window_frames": (1, None, ""),
+           "window_stride": (1, None, ""), "long_frames": (1, None, ""),
+           "fine_tune_steps": (0, None, "")}
+
+
+def _check_ranges(args) -> None:
+    for name, (lo, hi, note) in _RANGES.items():
+        value = getattr(args, name, None)
+        if value is None or lo <= value <= (value if hi is None else hi):
+            continue
+        span = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+        raise VideoVAEError(f"--{name.replace('_', '-')} must be {span}"
+                            f"{f' ({note})' if note else ''}, got {value}")
+    if getattr(args, "tile_overlap", None) is not None and not args.tile:
+        raise VideoVAEError("--tile-overlap needs --tile (the tile size in pixels)")
+    if any(b < 1 for b in getattr(args, "frame_buckets", None) or []):
+        raise VideoVAEError(f"--frame-buckets must be frame counts >= 1, got {args.frame_buckets}")
+
+
+def _check_inputs(args) -> list[Path]:
+    """Inputs are checked before any model loads; returns a data path's files."""
+    cmd = args.command
+    if cmd in ("encode", "reconstruct"):
+        _check_media_file(args.video)
+    if cmd == "decode":
+        _check_input_file(args.latents, "latent file")
+    if cmd in ("eval", "latent-stats", "extract", "learnability"):
+        from .io.listing import list_files
+
+        return list_files(args.data)  # a missing or empty folder, a bad manifest: said now
+    return []
+
+
+def _check_input_file(path, what: str) -> Path:
+    """`path` exists and is a readable regular file (a FIFO would block, a folder fail late)."""
+    import os
+    import stat
+
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    if stat.S_ISDIR(mode):
+        raise VideoVAEError(f"{what} {path} is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        kind = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device")
+        raise VideoVAEError(f"{what} {path} is {kind}, not a regular file")
+    if not os.access(p, os.R_OK):
+        raise PermissionError(f"{what} {path} is not readable")
+    return p
+
+
+def _check_media_file(path) -> None:
+    """A video or image whose header opens (PyAV or PIL, as the reader would), so that a file
+    that is no video is said before the model loads. A file with an unknown suffix is accepted
+    when FFmpeg opens it as a video."""
+    from .errors import VideoReadError
+    from .io.listing import IMAGE_SUFFIXES, MEDIA_SUFFIXES
+
+    p = _check_input_file(path, "video")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            with Image.open(p):
+                return
+        import av
+
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{path} has no video stream")
+    except VideoReadError:
+        raise
+    except ImportError:  # no PyAV: the reader will tell
+        return
+    except Exception as e:  # noqa: BLE001 - any decoder error means "not readable"
+        known = "" if suffix in MEDIA_SUFFIXES else \
+            f" ({suffix or 'no suffix'} is not a known video or image suffix)"
+        reason = getattr(e, "strerror", None) or one_line(e)  # (without PyAV's errno)
+        raise VideoReadError(f"cannot read {path} as a video{known}: {reason}") from e
+
+
+def _outputs(args) -> list[tuple[str, Path, bool, bool]]:
+    """(label, path, is_dir, may_exist) of everything the command writes; `may_exist`: a folder
+    a rerun continues, or a file updated in place (existing is fine without --overwrite)."""
+    cmd, out = args.command, getattr(args, "output", None)
+    if cmd == "latent-stats" and args.write:
+        outputs = [("--write", Path(args.model) / "config.json", False, True)]
+    else:
+        outputs = []
+    if cmd == "train" or out is None:
+        return outputs
+    out = Path(out)
+    outputs.append(("-o", out, cmd in ("inflate", "extract", "demo"), cmd in ("extract", "demo")))
+    if cmd == "reconstruct" and args.side_by_side:
+        from .files import side_by_side_path
+
+        outputs.append(("the side-by-side video of -o", side_by_side_path(out), False, False))
+    if getattr(args, "metrics", None):
+        outputs.append(("--metrics", Path(args.metrics), False, False))
+    if cmd == "learnability":  # the names videovae.learnability.run derives from -o
+        outputs += [("the table of -o", out.with_suffix(".md"), False, False),
+                    ("the plot of -o", out.with_suffix(".png"), False, False),
+                    ("the latents folder of -o", out.parent / f"{out.stem}_latents", True, True)]
+    return outputs
+
+
+def _check_output_names(args, outputs) -> None:
+    from .io.listing import LATENT_SUFFIX, WRITABLE_VIDEO_SUFFIXES, check_output_suffix
+
+    for label, path, _, _ in outputs:
+        if args.command == "encode" and label == "-o":
+            check_output_suffix(path, (LATENT_SUFFIX,), "a latent file")
+        elif args.command in ("decode", "reconstruct") and label != "--metrics":
+            check_output_suffix(path, WRITABLE_VIDEO_SUFFIXES, "a video format")
+
+
+def _inputs(args, listed) -> list[tuple[str, Path]]:
+    """(label, path) of everything the command reads: files, data folders and their files,
+    model folders and their files."""
+    inputs = []
+    for attr, label in (("video", "input video"), ("latents", "latent file"),
+                        ("data", "--data"), ("config", "--config")):
+        if getattr(args, attr, None):
+            inputs.append((label, Path(getattr(args, attr))))
+    inputs += [("data file", p) for p in listed]
+    image_vae = getattr(args, "image_vae", None)
+    if image_vae and Path(image_vae).exists():
+        inputs.append(("--image-vae", Path(image_vae)))
+    models = getattr(args, "model", None)
+    for model in models if isinstance(models, list) else [models] if models else []:
+        folder = Path(model)
+        inputs.append(("--model folder", folder))
+        written = folder / "config.json" if getattr(args, "write", False) else None
+        inputs += [("model file", p) for p in sorted(folder.iterdir())
+                   if p.is_file() and p != written]
+    return inputs
 
 
 def _resolve_models(args) -> None:
@@ -411,7 +571,8 @@ def _resolve_models(args) -> None:
         path = default_model_dir("default")
         print(f"videovae {args.command}: no --model given, using the shipped default model "
               f"({path})", file=sys.stderr)
-        args.model = ["default"] if args.command == "learnability" else "default"
+        args.model = [str(path)] if args.command == "learnability" else str(path)
+        return
     names = args.model if isinstance(args.model, list) else [args.model]
     if args.command == "latent-stats" and args.write and is_default_name(args.model):
         raise VideoVAEError("latent-stats --write would change the shipped model: copy "
@@ -420,30 +581,10 @@ def _resolve_models(args) -> None:
     args.model = paths if isinstance(args.model, list) else paths[0]
 
 
-def _require(path, what: str) -> None:
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that temporary outputs are removed on the way out."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread: leave signals alone
-        previous = None
-    try:
+    with stop_on_signals():  # SIGINT/SIGTERM: unwind as on an error, within a few seconds
         return _run(args)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args) -> int:
@@ -454,13 +595,15 @@ def _run(args) -> int:
         setup_logging(args.verbose)
         setup_cpu()
         args.func(args)
-    except Terminated:
-        print("videovae: terminated", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("videovae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # (Terminated too)
+        signum = stop_requested() or (signal.SIGTERM if isinstance(e, Terminated) else
+                                      signal.SIGINT)
+        print(stop_message(signum), file=sys.stderr)
+        return stop_exit_code(signum)
     except (ValueError, OSError, RuntimeError, KeyError, MemoryError) as e:
+        if stop_requested():  # a library turned the interrupt into its own error
+            print(stop_message(stop_requested()), file=sys.stderr)
+            return stop_exit_code(stop_requested())
         if args.verbose:
             logger.exception("failed")
         print(f"videovae {args.command}: error: {one_line(e)}", file=sys.stderr)

@@ -18,6 +18,12 @@ import yaml
 
 from .errors import ConfigError, ModelLoadError
 
+# Config names diffusers video pipelines read (Wan: scale_factor_*, z_dim; LTX:
+# timestep_conditioning; CogVideoX image-to-video: invert_scale_latents). A model derives them at
+# init from its ratios and latent channels; a value in a loaded config.json is ignored.
+PIPELINE_CONFIG_KEYS = ("scale_factor_temporal", "scale_factor_spatial", "z_dim",
+                        "timestep_conditioning", "invert_scale_latents")
+
 
 def load_yaml(path) -> dict:
     path = Path(path)

@@ -44,14 +44,14 @@ SHEET_FRAMES = [0, 3, 6, 9, 12, 16, 24, 32]
 @torch.no_grad()
 def check_inflation(image_vae) -> dict:
     """Max |diff| to the image VAE of each inflated family on one frame and on a still clip."""
-    from .convert import inflate_from_model
+    from .convert import INFLATERS, inflate_from_model
     from .data.synthetic import load_photo, pan_zoom_clip
     from .io.video import frames_to_tensor
 
     x = frames_to_tensor(pan_zoom_clip(load_photo("astronaut"), 1, (64, 96)))
     ref = image_vae(x[:, :, 0]).sample
     out = {}
-    for arch in ("cv", "ktc"):
+    for arch in INFLATERS:
         vae = inflate_from_model(image_vae, arch).eval()
         one = vae(x).sample[:, :, 0]
         still = vae(x.expand(-1, -1, 9, -1, -1)).sample

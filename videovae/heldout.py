@@ -78,7 +78,7 @@ def evaluate(name: str, reconstruct, clips: dict[str, torch.Tensor], params: int
             "first_vs_rest_gap": groups["first_vs_rest_gap"],
             "psnr_by_position": groups["per_position"],
             "color_error": [float(v) for v in per_channel],
-            "psnr_by_clip": {k: float(np.mean(p)) for k, p in zip(clips, psnr)}}
+            "psnr_by_clip": {k: float(np.mean(p)) for k, p in zip(clips, psnr, strict=True)}}
 
 
 def markdown(rows: list[dict], ratio: int = 4) -> str:

@@ -1,5 +1,5 @@
 """Latent normalization, in one place: the constants of known image VAEs, applying and undoing
-them, and measuring them over a data set.
+them (measuring them over a data set is a data-set job: `videovae.data.latent_stats`).
 
 Diffusion models want latents of roughly unit variance. Two conventions are supported:
 - scalar (SD, SD3, FLUX): `scaling_factor = 1 / std` over all latent values, and
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -89,44 +87,6 @@ def denormalize_latents(z: torch.Tensor, config) -> torch.Tensor:
     """Inverse of `normalize_latents`: what `decode` takes."""
     offset, gain = offset_and_gain(config, z)
     return z / gain + offset
-
-
-@torch.no_grad()
-def measure_latent_stats(vae, data_path, *, num_clips: int = 64, num_frames: int = 17,
-                         resolution: int = 256, kind: str = "video", sample: bool = False,
-                         seed: int = 0, progress: bool = True) -> dict:
-    """Encode `num_clips` center-cropped clips from `data_path` and return channel statistics."""
-    from .data.sources import ClipSource, SourceConfig
-
-    if vae.config.get(ABSORB_KEY):
-        raise ValueError("measure latent statistics on the model as trained, not on one prepared "
-                         "for a pipeline (its config has absorb_normalization set)")
-    src = ClipSource(SourceConfig(type=kind, path=str(data_path), resolution=resolution,
-                                  num_frames=1 if kind == "image" else num_frames,
-                                  random_crop=False), vae.temporal_compression_ratio)
-    rng = np.random.default_rng(seed)
-    param = next(vae.parameters())
-    zc = vae.config.latent_channels
-    s1 = torch.zeros(zc, dtype=torch.float64)
-    s2 = torch.zeros(zc, dtype=torch.float64)
-    count = 0
-    skipped = 0
-    for _ in tqdm(range(num_clips), desc="latent stats", disable=not progress):
-        clip, k = src.sample(rng)
-        skipped += k
-        post = vae.encode(clip[None].to(param.device, param.dtype)).latent_dist
-        z = (post.sample() if sample else post.mode()).double().cpu()
-        s1 += z.sum(dim=(0, 2, 3, 4))
-        s2 += z.pow(2).sum(dim=(0, 2, 3, 4))
-        count += z[:, 0].numel()
-    mean = s1 / count
-    std = (s2 / count - mean.pow(2)).clamp_min(1e-12).sqrt()
-    overall_mean = s1.sum() / (count * zc)
-    overall_std = (s2.sum() / (count * zc) - overall_mean.pow(2)).clamp_min(1e-12).sqrt()
-    return {"latents_mean": mean.tolist(), "latents_std": std.tolist(),
-            "mean": overall_mean.item(), "std": overall_std.item(),
-            "scaling_factor": 1.0 / overall_std.item(), "clips": num_clips,
-            "skipped_files": skipped}
 
 
 def config_updates(stats: dict, per_channel: bool = False, with_shift: bool = False) -> dict:

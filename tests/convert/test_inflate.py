@@ -5,12 +5,13 @@ import torch
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors.torch import save_file
 
-from helpers import INFLATE_TOL as TOL
-from helpers import SD3_CONFIG, SD_CONFIG, random_video, tiny_image_vae
-from ldm_keys import to_ldm_state_dict
 from videovae import VideoVAE
 from videovae.cli import main as cli_main
 from videovae.errors import ImageVAEError
+
+from helpers import INFLATE_TOL as TOL
+from helpers import SD3_CONFIG, SD_CONFIG, random_video, tiny_image_vae
+from ldm_keys import to_ldm_state_dict
 
 
 def _save_ldm(vae, path, prefix="first_stage_model.", extra=None):
@@ -96,36 +97,59 @@ def test_sd3_16_channels_folder_and_file(sd3_vae, tmp_path):
     _check_matches_image_vae(video, sd3_vae)
 
 
-def test_all_3d_convs_and_bad_checkpoints(sd_vae, tmp_path):
+def test_all_3d_convs_still_reproduce_the_image_vae(sd_vae, tmp_path):
     sd_vae.save_pretrained(tmp_path / "vae")
-    # every conv 3D still reproduces the image VAE
     video = VideoVAE.from_image_vae(tmp_path / "vae", conv3d_layers="all").eval()
     assert video.encoder.down_blocks[0].resnets[0].conv2.weight.shape[2] == 3
     _check_matches_image_vae(video, sd_vae, h=16, w=16)
 
-    with pytest.raises(ImageVAEError, match="block_out_channels"):
-        VideoVAE.from_image_vae(tmp_path / "vae", block_out_channels=[64, 128, 256, 256])
-    with pytest.raises(ImageVAEError, match="latent_channels"):
-        VideoVAE.from_image_vae(tmp_path / "vae", latent_channels=16)
 
-    not_vae = tmp_path / "unet.safetensors"
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(not_vae))
-    with pytest.raises(ImageVAEError, match="not an image VAE.*encoder.conv_in.weight"):
-        VideoVAE.from_image_vae(not_vae)
+def _unet_file(tmp_path, sd_vae):
+    path = tmp_path / "unet.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(path))
+    return path, {}
 
-    # a VAE file with a missing weight names it
-    sd = _save_ldm(sd_vae, tmp_path / "broken.safetensors")
+
+def _vae_file_missing_a_weight(tmp_path, sd_vae):
+    path = tmp_path / "broken.safetensors"
+    sd = _save_ldm(sd_vae, path)
     del sd["first_stage_model.decoder.up.0.block.1.conv2.weight"]
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "broken.safetensors"))
-    with pytest.raises(ImageVAEError, match="decoder.up_blocks.3.resnets.1.conv2.weight"):
-        VideoVAE.from_image_vae(tmp_path / "broken.safetensors")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return path, {}
 
+
+def _unet_folder(tmp_path, sd_vae):
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
-    with pytest.raises(ImageVAEError, match="not an image VAE"):
-        VideoVAE.from_image_vae(tmp_path / "unet")
-    with pytest.raises(ImageVAEError, match="not found"):
-        VideoVAE.from_image_vae(tmp_path / "nothing_here")
+    return tmp_path / "unet", {}
+
+
+def _widths_that_disagree(tmp_path, sd_vae):
+    sd_vae.save_pretrained(tmp_path / "vae")
+    return tmp_path / "vae", {"block_out_channels": [64, 128, 256, 256]}
+
+
+def _channels_that_disagree(tmp_path, sd_vae):
+    sd_vae.save_pretrained(tmp_path / "vae")
+    return tmp_path / "vae", {"latent_channels": 16}
+
+
+BAD_CHECKPOINTS = {  # case -> (make(tmp_path, sd_vae) -> (path, overrides), error pattern)
+    "widths_disagree": (_widths_that_disagree, "block_out_channels"),
+    "channels_disagree": (_channels_that_disagree, "latent_channels"),
+    "unet_file": (_unet_file, "not an image VAE.*encoder.conv_in.weight"),
+    "missing_weight": (_vae_file_missing_a_weight, "decoder.up_blocks.3.resnets.1.conv2.weight"),
+    "unet_folder": (_unet_folder, "not an image VAE"),
+    "nothing_there": (lambda tmp_path, sd_vae: (tmp_path / "nothing_here", {}), "not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_bad_checkpoints_name_what_is_wrong(case, sd_vae, tmp_path):
+    make, pattern = BAD_CHECKPOINTS[case]
+    path, overrides = make(tmp_path, sd_vae)
+    with pytest.raises(ImageVAEError, match=pattern):
+        VideoVAE.from_image_vae(path, **overrides)
 
 
 def test_cli_inflate_writes_model_and_fails_cleanly(sd_vae, tmp_path, capsys):

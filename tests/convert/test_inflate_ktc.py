@@ -5,12 +5,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import INFLATE_TOL as TOL
-from helpers import random_video, tiny_image_vae
-from ldm_keys import to_ldm_state_dict
 from videovae import AutoencoderKTC, VideoVAE, load_model
 from videovae.cli import main as cli_main
 from videovae.errors import ImageVAEError
+
+from helpers import INFLATE_TOL as TOL
+from helpers import random_video, tiny_image_vae
+from ldm_keys import to_ldm_state_dict
 
 SD_LIKE = dict(latent_channels=4, scaling_factor=0.18215)
 SD3_LIKE = dict(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
@@ -68,8 +69,8 @@ def test_ktc_from_diffusers_folder_and_ldm_file(extra, tmp_path):
     kind = "sd" if extra["latent_channels"] == 4 else "sd3"
     for source in (tmp_path / "vae", tmp_path / "vae.safetensors"):
         # a bare file does not say its GroupNorm groups (SD's 32 unless given)
-        video = VideoVAE.from_image_vae(source, arch="ktc", image_vae_type=kind,
-                                        norm_num_groups=4).eval()
+        video = AutoencoderKTC.from_image_vae(source, image_vae_type=kind,
+                                              norm_num_groups=4).eval()
         assert type(video) is AutoencoderKTC
         assert video.config.scaling_factor == pytest.approx(extra["scaling_factor"])
         assert video.config.shift_factor == pytest.approx(extra.get("shift_factor"))

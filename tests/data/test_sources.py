@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_media
+
 from videovae.data import ClipSource, SourceConfig, StepBatches
 from videovae.training.config import load_train_config
+
+from helpers import write_media
 
 ROOT = Path(__file__).resolve().parents[2]
 

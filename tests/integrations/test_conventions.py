@@ -8,13 +8,19 @@ import warnings
 import pytest
 import torch
 
-from helpers import normalization, random_video, tiny_vae
 from videovae import load_model
-from videovae.integrations.diffusers import (check_num_frames, for_pipeline, pipeline_convention,
-                                             valid_num_frames)
+from videovae.data.latent_stats import measure_latent_stats
+from videovae.integrations.diffusers import (
+    check_num_frames,
+    for_pipeline,
+    pipeline_convention,
+    valid_num_frames,
+)
 from videovae.io.latent_file import config_hash
-from videovae.latents import denormalize_latents, measure_latent_stats, normalize_latents
-from videovae.models.registry import families
+from videovae.latents import denormalize_latents, normalize_latents
+from videovae.models import families
+
+from helpers import normalization, random_video, tiny_vae
 
 TOL = 1e-5
 NORMS = ("scale", "shift", "per_channel")
@@ -27,7 +33,7 @@ def close(a, b, tol=TOL):
 
 @pytest.mark.parametrize("arch", families())
 def test_derived_names_follow_the_config_and_ignore_stale_values(arch, tmp_path):
-    vae = tiny_vae(arch=arch, latent_channels=16)
+    vae = for_pipeline(tiny_vae(arch=arch, latent_channels=16), "wan")  # Wan's names readable
     t, s = vae.temporal_compression_ratio, vae.spatial_compression_ratio
     c = vae.config
     assert (c.scale_factor_temporal, c.scale_factor_spatial, c.z_dim) == (t, s, 16)
@@ -37,12 +43,15 @@ def test_derived_names_follow_the_config_and_ignore_stale_values(arch, tmp_path)
     vae.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["z_dim"] == 16
-    cfg.update(z_dim=3, scale_factor_temporal=2, timestep_conditioning=True)  # stale or edited
+    cfg.update(timestep_conditioning=True)  # stale or edited
+    if not getattr(type(vae), "upstream_class", None):  # in an upstream format they are settings
+        cfg.update(z_dim=3, scale_factor_temporal=2)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         loaded = load_model(tmp_path)
     assert (loaded.config.z_dim, loaded.config.scale_factor_temporal) == (16, t)
+    assert (loaded.config["z_dim"], loaded.config["scale_factor_spatial"]) == (16, s)
     assert loaded.config.timestep_conditioning is False
     assert config_hash(loaded) == config_hash(vae)
 
@@ -92,7 +101,7 @@ def test_for_pipeline_keeps_the_normalized_latents(arch, pipeline, norm, tmp_pat
     prepared.save_pretrained(tmp_path)
     loaded = load_model(tmp_path)
     assert dict(loaded.config).get("absorb_normalization") == cfg.get("absorb_normalization")
-    assert torch.equal(loaded.encode(x).latent_dist.mode(), post.mode())
+    close(loaded.encode(x).latent_dist.mode(), post.mode())  # another instance: within 1e-5
     assert config_hash(loaded) == config_hash(prepared)
     # preparing again, for another pipeline, starts from the same constants
     again = for_pipeline(prepared, "wan")
@@ -123,14 +132,16 @@ def test_latent_files_of_an_absorbing_model_round_trip(clip, tmp_path):
         encode_file(model, path, tmp_path / f"{name}.safetensors", normalize=True,
                     progress=False)
         decode_file(model, tmp_path / f"{name}.safetensors", tmp_path / f"{name}.mp4",
-                    progress=False)
+                    crf=0, progress=False)
     plain, meta = load_latents(tmp_path / "plain.safetensors")
     same, meta_absorbed = load_latents(tmp_path / "absorbed.safetensors")
     assert meta_absorbed["absorb_normalization"] is True and meta["absorb_normalization"] is None
     close(same, plain)
     a, b = (VideoReader(tmp_path / f"{n}.mp4").read_all().astype(int)
             for n in ("absorbed", "plain"))
-    assert a.shape == b.shape and abs(a - b).max() <= 2  # float rounding, through YUV
+    # two models whose outputs agree within 1e-5 (other kernels may flip a rounding), through
+    # lossless YUV: measured max 1 level, mean 0.00004; a wrong normalization is tens of levels
+    assert a.shape == b.shape and abs(a - b).max() <= 4 and abs(a - b).mean() < 0.05
 
 
 def test_conventions_by_name_class_and_errors():
@@ -179,3 +190,22 @@ def test_frame_counts_pipelines_return():
         check_num_frames(vae, 48)
     with pytest.raises(ValueError, match="not 1 \\+ 4k"):
         check_num_frames(vae, 2, strict=True)
+
+
+@pytest.mark.parametrize("norm", ["scale", "shift", "per_channel"])
+def test_a_wan_pipeline_given_the_model_as_it_is_fails_at_once_in_one_line(norm):
+    """Wan-style pipelines decode with the config's per-channel statistics and ignore
+    scaling_factor: a model in another convention fails when the pipeline is built, saying to
+    use for_pipeline (not "Could not infer dtype of NoneType" after all the denoising steps)."""
+    pytest.importorskip("transformers", reason="diffusers' pipelines need it (the dev extras)")
+    from videovae.integrations.tiny_pipelines import build_pipeline
+
+    vae = tiny_vae(latent_channels=4, **normalization(norm, 4))
+    assert vae.config["z_dim"] == 4  # saved and hashed as before; only the attribute refuses
+    with pytest.raises(AttributeError, match=r"config.scale_factor_temporal .*for_pipeline\(vae, "
+                                             r"'wan'\)"):
+        build_pipeline("wan", vae, prepare=False)
+    pipe, kwargs = build_pipeline("wan", vae)  # through for_pipeline: builds and runs
+    with torch.no_grad():
+        frames = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape[1] == 9 and torch.isfinite(frames).all()

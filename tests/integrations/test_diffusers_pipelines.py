@@ -19,7 +19,7 @@ pytest.importorskip("transformers", reason="diffusers' pipelines need it (the de
 from videovae.integrations.diffusers import guard_frame_counts
 from videovae.integrations.tiny_pipelines import PIPELINES, build_pipeline
 from videovae.latents import denormalize_latents, normalize_latents
-from videovae.models.registry import families
+from videovae.models import families
 
 TOL = 1e-5
 # every normalization with scaling_factor != 1, and 4 and 16 latent channels
@@ -29,8 +29,7 @@ CONDITIONED = ("cogvideox_i2v", "wan_v2v", "ltx_i2v", "svd")
 
 def make_vae(arch="cv", z=4, norm="scale"):
     """A tiny model (the VAE dominates the run time of these pipelines) of family `arch`."""
-    return tiny_vae(arch=arch, latent_channels=z, block_out_channels=(8, 16, 16, 16),
-                    norm_num_groups=4, **normalization(norm, z))
+    return tiny_vae(arch=arch, latent_channels=z, **normalization(norm, z))
 
 
 def generator():
@@ -60,7 +59,9 @@ class Spy:
             out = encode(x, *args, **kwargs)
             post = out.latent_dist
             for how in ("sample", "mode"):
-                def record(*a, _f=getattr(post, how), **k):
+                method = getattr(post, how)
+
+                def record(*a, _f=method, **k):
                     got = _f(*a, **k)
                     self.encoded.append((x.clone(), post, got))
                     return got

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import photo_clip
 from videovae.cli import main as cli
 from videovae.data.synthetic import TRAIN_PHOTOS
 from videovae.learnability import ProbeConfig, run_probe, standardize, time_shift
 from videovae.learnability.probe import shift_t
+
+from helpers import photo_clip
 
 CFG = ProbeConfig(steps=120, batch_size=8, width=64, depth=2, eval_every=20, seed=0)
 
@@ -46,7 +47,8 @@ def test_probe_is_deterministic_and_ranks_noise_below_structure():
     reports = {}
     for name, z in (("smooth", smooth), ("noise", noise)):
         (train, val), (mean, std) = standardize(z[:12], z[12:])
-        reports[name] = run_probe(train, val, CFG, lambda s: _upsample(s * std + mean), x[12:])
+        reports[name] = run_probe(train, val, CFG,
+                                  lambda s, std=std, mean=mean: _upsample(s * std + mean), x[12:])
     again = run_probe(*standardize(smooth[:12], smooth[12:])[0], CFG)
     assert again["curve"] == reports["smooth"]["curve"]  # same seed, same numbers
     assert again["loss_per_t_bucket"] == reports["smooth"]["loss_per_t_bucket"]
@@ -57,13 +59,14 @@ def test_probe_is_deterministic_and_ranks_noise_below_structure():
                                                              n["final_val_loss"])
     assert s["curve_area"] < n["curve_area"]
     # one-step predictions of the structured latents decode closer to the clips
-    assert all(a["psnr"] > b["psnr"] for a, b in zip(s["one_step_psnr"], n["one_step_psnr"]))
+    assert all(a["psnr"] > b["psnr"] for a, b in zip(s["one_step_psnr"], n["one_step_psnr"],
+                                                      strict=True))
     assert len(s["loss_per_t_bucket"]) == CFG.time_buckets
 
 
 def test_learnability_command_writes_report_table_and_plot(tmp_path, model_dir):
-    from videovae.io.video import write_video
     from videovae.data.synthetic import load_photo, pan_zoom_clip
+    from videovae.io.video import write_video
 
     data = tmp_path / "data"
     data.mkdir()

@@ -3,19 +3,20 @@
 import pytest
 import torch
 
-from family_mixin import FamilyTests
-from helpers import TOL, chunked, photo_clip, random_video, tiny_vae
-from videovae.metrics import psnr_per_frame
 from videovae import AutoencoderKTC
+from videovae.metrics import psnr_per_frame
 from videovae.models.layers import StreamState
 from videovae.models.layers_ktc import GroupCausalConv3d, KTCDownsample, KTCUpsample
+
+from family_mixin import FamilyTests
+from helpers import TOL, chunked, photo_clip, random_video, tiny_vae
 
 KTC_TINY = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4,
                 latent_channels=8)
 
 
 def tiny_ktc(seed=0, **kw):
-    return tiny_vae(seed, arch="ktc", **{**KTC_TINY, **kw})
+    return tiny_vae(seed, arch="ktc", **kw)
 
 
 class TestKTCFamily(FamilyTests):
@@ -124,15 +125,15 @@ def test_temporal_resamplers_stream_and_keep_each_groups_first_frame():
         assert (out - mod(inp)).abs().max() <= TOL, (type(mod).__name__, sizes)
 
 
-def test_bad_configs():
-    with pytest.raises(ValueError, match="latent_channels must be even"):
-        AutoencoderKTC(**{**KTC_TINY, "latent_channels": 5})
-    with pytest.raises(ValueError, match="norm_type must be one of"):
-        AutoencoderKTC(**{**KTC_TINY, "norm_type": "batch"})
-    with pytest.raises(ValueError, match="temporal_downsample needs 3"):
-        AutoencoderKTC(**{**KTC_TINY, "temporal_downsample": (True,)})
-    with pytest.raises(ValueError, match="latents_mean has 4 values for 8"):
-        AutoencoderKTC(**{**KTC_TINY, "latents_mean": [0.0] * 4})
+@pytest.mark.parametrize("bad,message", [
+    ({"latent_channels": 5}, "latent_channels must be even"),
+    ({"norm_type": "batch"}, "norm_type must be one of"),
+    ({"temporal_downsample": (True,)}, "temporal_downsample needs 3"),
+    ({"latents_mean": [0.0] * 4}, "latents_mean has 4 values for 8"),
+], ids=["odd_latents", "norm_type", "levels", "stats"])
+def test_bad_configs(bad, message):
+    with pytest.raises(ValueError, match=message):
+        AutoencoderKTC(**{**KTC_TINY, **bad})
 
 
 def test_image_vae_pairing_hooks():

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import random_video, tiny_vae
 from videovae.training.alignment import LatentAlignment, alignment_terms
 from videovae.training.config import load_train_config
 from videovae.training.losses import LossConfig, VAELoss
+
+from helpers import random_video, tiny_vae
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,5 +89,5 @@ def test_loss_config_and_trainer_with_alignment(tmp_path, fresh_accelerate_state
     # same seed and data: only the alignment term can make the trained encoders differ
     assert plain_rows[0]["train/rec"] == rows[0]["train/rec"]
     diff = [(p - q).abs().max().item() for p, q in zip(aligned.encoder.parameters(),
-                                                       plain.encoder.parameters())]
+                                                       plain.encoder.parameters(), strict=True)]
     assert max(diff) > 0

@@ -19,7 +19,8 @@ def test_continuing_starts_from_the_given_weights(tmp_path):
     # at lr 0 the continued model is the saved one, weight for weight
     same, _ = train_image_vae(CONFIG, 1, batch=2, resolution=16, sources=SOURCES, lr=0.0,
                               init=tmp_path / "first")
-    for (name, a), b in zip(vae.state_dict().items(), same.state_dict().values()):
+    for (name, a), b in zip(vae.state_dict().items(), same.state_dict().values(),
+                              strict=True):
         assert torch.equal(a, b), name
     moved, _ = train_image_vae(CONFIG, 2, batch=2, resolution=16, sources=SOURCES,
                                init=tmp_path / "first")

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import random_video, tiny_image_vae
-from videovae.convert import inflate_from_model
 from videovae import AutoencoderKTC
+from videovae.convert import inflate_from_model
 from videovae.training.config import load_train_config
 from videovae.training.losses import LossConfig, VAELoss, map_frames
+
+from helpers import random_video, tiny_image_vae
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_FRAMES = [0, 1, 5]  # of a 9-frame clip with 4 frames per group

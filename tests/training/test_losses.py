@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from helpers import random_video, tiny_image_vae
 from videovae.errors import ConfigError
 from videovae.models.distributions import DiagonalGaussianDistribution
 from videovae.training.losses import LossConfig, VAELoss, map_frames
+
+from helpers import random_video, tiny_image_vae
 
 
 def test_map_frames():

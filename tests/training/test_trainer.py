@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import reset_accelerate_state, tiny_image_vae, write_media
 from videovae import VideoVAE
 from videovae.data import StepBatches, build_sources, validation_clips
 from videovae.data.synthetic import load_photo, pan_zoom_clip
@@ -20,6 +19,8 @@ from videovae.io.video import write_video as write_clip
 from videovae.metrics import mean_psnr_ssim
 from videovae.training.config import load_train_config
 from videovae.training.losses import VAELoss
+
+from helpers import reset_accelerate_state, tiny_image_vae, write_media
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = ["model.block_out_channels=[8,16,16,16]", "model.layers_per_block=1",
@@ -68,7 +69,7 @@ def test_resume_gives_the_same_losses(tmp_path):
             assert a[step][key] == pytest.approx(b[step][key], rel=1e-5, abs=1e-7), (step, key)
     va = VideoVAE.from_pretrained(full / "final")
     vb = VideoVAE.from_pretrained(part / "final")
-    for (n, p), q in zip(va.named_parameters(), vb.parameters()):
+    for (n, p), q in zip(va.named_parameters(), vb.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), n
 
 
@@ -150,7 +151,7 @@ def test_a_model_with_nan_outputs_is_never_saved(tmp_path, monkeypatch, capsys):
     from videovae.cli import main as cli
     from videovae.training.step import Stepper
 
-    real = Stepper.generator
+    real = Stepper.update_autoencoder
 
     def breaks_weights(self, batches, step):
         result = real(self, batches, step)
@@ -159,7 +160,7 @@ def test_a_model_with_nan_outputs_is_never_saved(tmp_path, monkeypatch, capsys):
                 self.vae.decoder.conv_out.bias.fill_(float("nan"))
         return result
 
-    monkeypatch.setattr(Stepper, "generator", breaks_weights)
+    monkeypatch.setattr(Stepper, "update_autoencoder", breaks_weights)
     out = tmp_path / "nan_model"
     rc = cli(["train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
               *_overrides(out, 3, ["train.max_nonfinite_steps=0", "train.checkpoint_every=0",
@@ -301,7 +302,7 @@ def test_continue_a_model_folder_with_a_frozen_image_vae(tmp_path):
     vae, frozen = build_models(cfg)
     start = VideoVAE.from_pretrained(tmp_path / "start")
     assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(),
-                                                 start.state_dict().values()))
+                                                 start.state_dict().values(), strict=True))
     assert frozen is not None and not any(p.requires_grad for p in frozen.parameters())
     out = tmp_path / "run"
     _run([*common, f"train.output_dir={out}", "train.max_steps=2", "train.val_every=0",

@@ -196,8 +196,14 @@ def load_image_vae(path, image_vae_type: str | None = None,
 
 
 def _family_from_config(config) -> str:
-    if config.latent_channels == 16:
-        return "flux" if abs(config.scaling_factor - 0.3611) < 1e-3 else "sd3"
-    return "sdxl" if abs(config.scaling_factor - 0.13025) < 1e-4 else "sd"
+    """The known image VAE whose latent constants a folder's config carries, else "custom" (a
+    folder keeps its own constants either way; this only names it)."""
+    for family, known in KNOWN_IMAGE_VAES.items():
+        shift = config.get("shift_factor")
+        if (abs(config.scaling_factor - known["scaling_factor"]) < 1e-4
+                and (shift is None) == (known["shift_factor"] is None)
+                and (shift is None or abs(shift - known["shift_factor"]) < 1e-4)):
+            return family
+    return "custom"
 
 

@@ -7,8 +7,8 @@ channels are the image VAE's.
 `ktc`: the image VAE goes into both channel halves (`inflate_ktc.py` states the rule), so the
 latent has twice the image VAE's channels, keyframe half first; per-channel `latents_mean` /
 `latents_std` are repeated for both halves.
-Each family's inflater is registered with the model registry, so that
-`VideoVAE.from_image_vae(path, arch=...)` finds it without the models importing this package.
+`INFLATERS` is the convert side's family table (arch -> in-memory inflater); a family without
+an entry cannot be built from an image VAE (its test file says so with a skip reason).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import torch
 from diffusers import AutoencoderKL
 
 from ..errors import ImageVAEError
-from ..models import AutoencoderKTC, VideoVAE
+from ..models import DEFAULT_ARCH, AutoencoderCV, AutoencoderKTC
 from ..models.autoencoder_cv import default_temporal_downsample
-from ..models.registry import register_inflater
 from .checkpoints import load_image_vae
 from .inflate_ktc import inflate_ktc_weights
 
@@ -35,7 +34,7 @@ LATENT_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", 
 
 
 def video_config_from_image(image_config) -> dict:
-    """The VideoVAE config keys that must equal the image VAE's."""
+    """The video VAE config keys that must equal the image VAE's."""
     cfg = {k: image_config[k] for k in ARCH_KEYS}
     cfg["block_out_channels"] = list(cfg["block_out_channels"])
     for k in LATENT_KEYS:
@@ -97,9 +96,10 @@ def _family_config(image_vae, where: str, overrides: dict, derived: dict | None 
     return cfg
 
 
-def inflate_cv(image_vae: AutoencoderKL, where: str = "the image VAE", **overrides) -> VideoVAE:
+def inflate_cv(image_vae: AutoencoderKL, where: str = "the image VAE",
+               **overrides) -> AutoencoderCV:
     """A `cv` video VAE from an in-memory diffusers `AutoencoderKL`."""
-    video = VideoVAE(**_family_config(image_vae, where, overrides))
+    video = AutoencoderCV(**_family_config(image_vae, where, overrides))
     inflate_state_dict(video, image_vae.state_dict())
     return video
 
@@ -121,24 +121,23 @@ def inflate_ktc(image_vae: AutoencoderKL, where: str = "the image VAE",
     return video
 
 
-FAMILIES = {"cv": inflate_cv, "ktc": inflate_ktc}  # arch -> in-memory inflater
+INFLATERS = {"cv": inflate_cv, "ktc": inflate_ktc}  # arch -> in-memory inflater
 
 
-def inflate_from_model(image_vae: AutoencoderKL, arch: str = "cv", where: str = "the image VAE",
-                       **overrides):
+def inflate_from_model(image_vae: AutoencoderKL, arch: str = DEFAULT_ARCH,
+                       where: str = "the image VAE", **overrides):
     """A video VAE of family `arch` from an in-memory diffusers `AutoencoderKL`."""
-    if arch not in FAMILIES:
-        raise ImageVAEError(f"arch must be one of {', '.join(sorted(FAMILIES))}, got {arch!r}")
-    return FAMILIES[arch](image_vae, where, **overrides)
+    if arch not in INFLATERS:
+        raise ImageVAEError(f"arch {arch!r} cannot be inflated from an image VAE; the families "
+                            f"that can: {', '.join(sorted(INFLATERS))}")
+    return INFLATERS[arch](image_vae, where, **overrides)
 
 
-def inflate_image_vae(path, arch: str = "cv", image_vae_type: str | None = None, **overrides):
+def inflate_image_vae(path, arch: str = DEFAULT_ARCH, image_vae_type: str | None = None,
+                      **overrides):
     """A video VAE of family `arch` from an image VAE checkpoint; see the module docstring."""
     image_vae, family = load_image_vae(path, image_vae_type, overrides.get("norm_num_groups"))
     video = inflate_from_model(image_vae, arch, f"the image VAE at {path}", **overrides)
     logger.info("inflated a %s image VAE (%s, %d latent channels) into arch %s", family, path,
                 video.config.latent_channels, arch)
     return video
-
-
-register_inflater(inflate_image_vae)

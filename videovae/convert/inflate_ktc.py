@@ -68,7 +68,8 @@ def _time_down(name: str, down: KTCDownsample, src) -> dict:
     if down.time_conv is None:
         return {}
     w = torch.zeros_like(down.time_conv.weight)  # (C, C, 2, 1, 1)
-    w[:, :, 1, 0, 0] = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)  # the later frame of each pair
+    # the later frame of each pair
+    w[:, :, 1, 0, 0] = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
     return {f"{name}.time_conv.weight": w,
             f"{name}.time_conv.bias": torch.zeros_like(down.time_conv.bias)}
 

@@ -1,8 +1,9 @@
 """Test and demo clips made from real photographs, with nothing downloaded.
 
-Photos come from scikit-image's bundled data (astronaut, coffee, chelsea, rocket, ...) when it
-is installed; otherwise a procedural texture stands in. Clips are smooth camera pans and zooms
-over a photo (`pan_zoom_clip`) or shapes moving over a photo (`moving_shapes_clip`).
+Photos come from scikit-image's bundled data (astronaut, coffee, chelsea, rocket, ...; a
+dependency of the package, so the demo and the default model's data are always real photos).
+Clips are smooth camera pans and zooms over a photo (`pan_zoom_clip`) or shapes moving over a
+photo (`moving_shapes_clip`, over a `procedural_image` background when no photo is given).
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ TRAIN_PHOTOS, HELD_OUT_PHOTOS = PHOTOS[:6], PHOTOS[6:]
 
 
 def load_photo(name: str = "astronaut") -> np.ndarray:
-    """A real RGB photo (uint8 H, W, 3) from scikit-image, or a procedural texture without it."""
-    try:
-        import skimage.data as data
-    except ImportError:
-        return procedural_image(seed=sum(map(ord, name)))
+    """A real RGB photo (uint8 H, W, 3) from scikit-image's bundled data."""
+    import skimage.data as data
+
     if name in ("motorcycle_left", "motorcycle_right"):
         img = data.stereo_motorcycle()[0 if name.endswith("left") else 1]
     else:
@@ -37,7 +36,7 @@ def load_photo(name: str = "astronaut") -> np.ndarray:
 
 
 def procedural_image(h: int = 512, w: int = 512, seed: int = 0) -> np.ndarray:
-    """Smooth colour fields plus edges: a stand-in photo when scikit-image is absent."""
+    """Smooth colour fields plus edges: a synthetic image of photo-like statistics."""
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(1, 3, 8, 8, generator=g)
     img = F.interpolate(low, size=(h, w), mode="bicubic", align_corners=False)[0]
@@ -54,7 +53,7 @@ def _warp(photo: torch.Tensor, centers, scales, size) -> torch.Tensor:
     h, w = size
     _, _, ph, pw = photo.shape
     theta = torch.zeros(len(centers), 2, 3)
-    for i, ((cx, cy), s) in enumerate(zip(centers, scales)):
+    for i, ((cx, cy), s) in enumerate(zip(centers, scales, strict=True)):
         # the crop spans s * (w/pw, h/ph) of the photo in normalized coordinates
         theta[i, 0, 0] = s * w / pw
         theta[i, 1, 1] = s * h / ph

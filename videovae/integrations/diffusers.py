@@ -38,8 +38,8 @@ import warnings
 
 import torch
 
+from ..frames import num_decoded_frames, num_latent_frames
 from ..latents import ABSORB_KEY, stored_offset_and_gain
-from ..models.frames import num_decoded_frames, num_latent_frames
 
 # diffusers pipeline subpackage -> convention (every pipeline of a subpackage shares its VAE's)
 CONVENTIONS = {"wan": "mean_std", "ltx": "mean_std", "hunyuan_video": "scale",

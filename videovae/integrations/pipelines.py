@@ -20,8 +20,11 @@ from __future__ import annotations
 import torch
 from diffusers import AnimateDiffPipeline, StableVideoDiffusionPipeline
 
+from .. import models  # noqa: F401 - a saved pipeline names its VAE's module, videovae.models.
+
+# autoencoder_<arch>; diffusers loads a component only from a module already imported
+from ..frames import num_decoded_frames, num_latent_frames
 from ..latents import denormalize_latents, normalize_latents
-from ..models.frames import num_decoded_frames, num_latent_frames
 
 
 class _DecodesVideo:

@@ -20,6 +20,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..errors import VideoVAEError
+
 _UMASK_LOCK = threading.Lock()
 
 
@@ -47,6 +49,38 @@ def check_output_path(path: Path, overwrite: bool = False, is_dir: bool = False)
         raise IsADirectoryError(f"output {path} is a folder; name a file")
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
         raise FileExistsError(_exists_msg(path))
+
+
+def _identity(path) -> tuple:
+    """What makes two paths one file: an existing file's (device, inode), which symlinks and
+    hard links share; else the path with its symlinks resolved."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.realpath(path))
+    return ("inode", st.st_dev, st.st_ino)
+
+
+def check_distinct_paths(outputs, inputs=()) -> None:
+    """Refuse an output that is one of the inputs or another output (the same path after
+    resolving symlinks, or the same file through a hard link), whatever `--overwrite` says:
+    writing it would destroy the input, or one output would silently replace the other.
+    `outputs` and `inputs` are (label, path) pairs; labels name the option in the error."""
+    seen = {}
+    for label, path in outputs:
+        key = _identity(path)
+        if key in seen:
+            other_label, other = seen[key]
+            raise VideoVAEError(f"outputs {other} ({other_label}) and {path} ({label}) are the "
+                                "same file; give them different names")
+        seen[key] = (label, path)
+    for in_label, in_path in inputs:
+        hit = seen.get(_identity(in_path))
+        if hit is not None:
+            label, path = hit
+            same = "" if str(path) == str(in_path) else " (the same file)"
+            raise VideoVAEError(f"output {path} ({label}) is the {in_label} {in_path}{same}; "
+                                "choose another output name")
 
 
 def _new_mode(path: Path, is_dir: bool) -> int:

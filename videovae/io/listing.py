@@ -4,10 +4,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
+import os
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import VideoVAEError
+
+logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v", ".mpg",
                             ".mpeg"})
@@ -30,33 +36,96 @@ def is_image(path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every file under `root`, following symlinked folders: each folder is listed once (a link
+    to a folder already listed, e.g. a link loop, is skipped with a warning). Folders reached
+    without a link are listed before linked ones, so a file keeps its own path when a link also
+    leads to it."""
+    seen: set[tuple[int, int]] = set()
+    real, linked = [root], []
+    while real or linked:
+        folder = real.pop() if real else linked.pop()
+        try:
+            st = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError as e:
+            logger.warning("cannot list %s: %s", folder, e)
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            logger.warning("skipping %s: it links to a folder already listed", folder)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for entry in entries:
+            p = folder / entry.name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                yield p
+            else:
+                (linked if entry.is_symlink() else real).append(p)
+
+
 def list_files(path, suffixes=MEDIA_SUFFIXES) -> list[Path]:
-    """Files under a folder (recursive, sorted) or listed in a CSV/JSONL manifest (`path` column;
-    relative paths are resolved against the manifest's folder)."""
+    """Files under a folder (recursive, following symlinked folders once, sorted) or listed in a
+    CSV/JSONL manifest (`path` column; relative paths are resolved against the manifest's
+    folder, not the working directory)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data path not found: {path}")
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
+        files = sorted(p for p in walk_files(path) if p.suffix.lower() in suffixes)
     elif path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and "path" not in rows[0]:
-            raise VideoVAEError(f"{path}: a manifest needs a 'path' column")
-        files = [path.parent / r["path"] for r in rows]
+        files = [path.parent / p for p in _csv_paths(path)]
     elif path.suffix.lower() in (".jsonl", ".json"):
-        files = []
-        for i, line in enumerate(path.read_text().splitlines()):
-            if line.strip():
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise VideoVAEError(f"{path}:{i + 1}: not a JSON object ({e})") from e
-                if not isinstance(item, dict) or "path" not in item:
-                    raise VideoVAEError(f"{path}:{i + 1}: manifest entry without 'path'")
-                files.append(path.parent / item["path"])
+        files = [path.parent / p for p in _jsonl_paths(path)]
     else:
         raise VideoVAEError(f"{path}: expected a folder or a .csv/.jsonl manifest")
     if not files:
         raise VideoVAEError(f"no {'/'.join(sorted(suffixes))} files found in {path}")
     return files
+
+
+def _read_manifest(path: Path) -> str:
+    """The manifest's text; a UTF-8 byte-order mark (spreadsheets' "CSV UTF-8") is dropped."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise VideoVAEError(f"{path}: a manifest must be UTF-8 text ({e.reason} at byte "
+                            f"{e.start})") from None
+
+
+def _csv_paths(path: Path) -> list[str]:
+    """The `path` column of a CSV manifest (header matched without case or surrounding spaces);
+    empty cells are skipped."""
+    reader = csv.reader(io.StringIO(_read_manifest(path), newline=""))
+    header = next(reader, None)
+    if header is None:
+        return []
+    names = [h.strip().lower() for h in header]
+    if "path" not in names:
+        found = ", ".join(repr(h) for h in header) or "none"
+        hint = " (columns are separated by commas)" if any(";" in h for h in header) else ""
+        raise VideoVAEError(f"{path}: a manifest needs a 'path' column; found {found}{hint}")
+    col = names.index("path")
+    return [row[col] for row in reader if len(row) > col and row[col].strip()]
+
+
+def _jsonl_paths(path: Path) -> list[str]:
+    """The `path` of every line of a JSONL manifest (one JSON object per line)."""
+    paths = []
+    for i, line in enumerate(_read_manifest(path).splitlines()):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VideoVAEError(f"{path}:{i + 1}: not a JSON object ({e})") from e
+        if not isinstance(item, dict) or "path" not in item:
+            raise VideoVAEError(f"{path}:{i + 1}: manifest entry without 'path'")
+        if not isinstance(item["path"], str) or not item["path"]:
+            raise VideoVAEError(f"{path}:{i + 1}: 'path' must be a non-empty string, got "
+                                f"{item['path']!r}")
+        paths.append(item["path"])
+    return paths

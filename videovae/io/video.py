@@ -1,11 +1,26 @@
 """Reading videos chunk by chunk (decord, or PyAV where decord is missing) and writing them
-frame by frame (imageio-ffmpeg). Frames are uint8 RGB arrays (t, H, W, 3); grayscale and alpha
-sources become RGB. Images are one-frame videos.
+frame by frame (ffmpeg). Frames are uint8 RGB arrays (t, H, W, 3); grayscale and alpha sources
+become RGB, 16-bit images are scaled to 8 bits. Images are one-frame videos; animated WebP and
+PNG are videos. Frames come out as displayed: a video's display matrix (phones) and an image's
+EXIF orientation are applied, whichever the backend.
+
+Only regular files are read (a FIFO would block forever). Every video is first probed with
+PyAV, which fails with an error where decord would abort the process (a header declaring
+billions of frames makes decord throw std::bad_alloc); such files are read with PyAV only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -13,12 +28,18 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..errors import VideoReadError, one_line
+from ..errors import VideoReadError, VideoVAEError, one_line
 from .listing import WRITABLE_VIDEO_SUFFIXES, check_output_suffix, is_image
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FPS = 24.0
+ANIMATED_IMAGE_FORMATS = ("PNG", "WEBP", "GIF")  # not TIFF pages or MPO previews
+MAX_ANIMATION_GROWTH = 4  # frames repeated to a constant rate: at most this many times as many
+
+
+class VideoWriteError(VideoVAEError):
+    """A video that could not be written completely (ffmpeg failed, e.g. a full disk)."""
 
 
 def _has_decord() -> bool:
@@ -29,97 +50,274 @@ def _has_decord() -> bool:
     return True
 
 
+def check_regular_file(path: Path) -> None:
+    """Refuse a missing path, a folder, and anything that is not a regular file (a FIFO would
+    block every reader forever, a device is no video)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"video not found: {path}") from None
+    if stat.S_ISDIR(mode):
+        raise VideoReadError(f"{path} is a directory, not a video")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise VideoReadError(f"{path} is {kind}, not a regular file: save the video to a file "
+                             "first")
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr_into(sink: list):
+    """Send what native code prints on file descriptor 2 (decord's "ERROR opening" lines and
+    its FFmpeg's messages) into a temporary file during the block; append the text to `sink`."""
+    with _STDERR_LOCK, tempfile.TemporaryFile() as tmp:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no file descriptor 2: nothing to hide
+            yield
+            return
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sink.append(tmp.read().decode(errors="replace"))
+
+
+# ----------------------------------------------------------------------------------------------
+# probing (PyAV: never aborts the process)
+
+
+@dataclass
+class _Probe:
+    fps: float
+    declared: int  # frames the container declares (0: unknown)
+    size: int  # bytes
+    plausible: bool  # False: the header declares more frames than the file has bytes
+    sar: tuple[int, int] | None
+    turns: int  # quarter turns (np.rot90's k) from the stored frames to the displayed ones
+    first: np.ndarray  # the first frame, as displayed
+
+
+def _quarter_turns(angle: float, path) -> int:
+    """np.rot90's k for FFmpeg's display rotation (degrees counterclockwise)."""
+    if angle % 90:
+        logger.warning("%s: display rotation of %g degrees is not a multiple of 90; frames are "
+                       "read as stored", path, angle)
+        return 0
+    return int(round(angle / 90)) % 4
+
+
+def _turn(frames: np.ndarray, turns: int) -> np.ndarray:
+    """Rotate (t, H, W, 3) frames by `turns` quarter turns counterclockwise."""
+    return np.ascontiguousarray(np.rot90(frames, turns, axes=(1, 2))) if turns else frames
+
+
+def _probe(path: Path) -> _Probe:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise VideoReadError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        declared, sar = int(stream.frames or 0), _ratio(stream.sample_aspect_ratio)
+        frame = next(iter(container.decode(stream)), None)
+        if frame is None:
+            raise VideoReadError(f"{path} has no frames")
+        first = frame.to_ndarray(format="rgb24")
+        turns = _quarter_turns(float(getattr(frame, "rotation", 0) or 0), path)
+    size = path.stat().st_size
+    plausible = declared <= size  # every frame takes at least a byte of the file
+    if not plausible:
+        logger.warning("%s declares %d frames in %d bytes: counting its frames instead", path,
+                       declared, size)
+    return _Probe(fps=float(rate) if rate else DEFAULT_FPS, declared=declared, size=size,
+                  plausible=plausible, sar=sar, turns=turns,
+                  first=_turn(first[None], turns)[0])
+
+
+def _remaining_turns(got: np.ndarray, shown: np.ndarray, turns: int) -> int:
+    """Quarter turns still to apply to a decoder's frames (`got`, its first frame) so that they
+    look like `shown` (the first frame as displayed): 0 where the decoder applied the display
+    matrix itself (decord does for 90 and 270 degrees), else `turns`."""
+    if not turns:
+        return 0
+
+    def mismatch(k):
+        r = np.rot90(got, k)
+        return (np.abs(r.astype(np.int16) - shown).mean() if r.shape == shown.shape
+                else math.inf)
+
+    return min((0, turns), key=mismatch)
+
+
+# ----------------------------------------------------------------------------------------------
+# images (PIL)
+
+
+def _image_rgb(im) -> np.ndarray:
+    """A PIL image (its current frame) as displayed, uint8 (H, W, 3): EXIF orientation applied,
+    16-bit grayscale scaled to 8 bits (value / 257, as viewers show it)."""
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
+        gray = ((a * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"))
+
+
+def _animation_timing(durations: list, path) -> tuple[list[int], float]:
+    """Repeats per stored frame and the constant frame rate that keep an animation's timing:
+    frames last multiples of the durations' greatest common divisor. Unknown durations: each
+    frame once at DEFAULT_FPS; too many repeats: each frame once at the average rate."""
+    n = len(durations)
+    if any(not d or d <= 0 for d in durations):
+        return [1] * n, DEFAULT_FPS
+    ms = [Fraction(d).limit_denominator(1000) for d in durations]
+    common = math.lcm(*(d.denominator for d in ms))
+    step = Fraction(math.gcd(*(int(d * common) for d in ms)), common)
+    repeats = [int(d / step) for d in ms]
+    if sum(repeats) <= MAX_ANIMATION_GROWTH * n:
+        return repeats, float(1000 / step)
+    logger.info("%s: frame durations vary too much for a constant rate; read at the average "
+                "rate", path)
+    return [1] * n, float(1000 * n / sum(ms))
+
+
+# ----------------------------------------------------------------------------------------------
+# the reader
+
+
 class VideoReader:
     """Frames of a video file, decoded on demand.
 
     `backend`: "auto" (decord if installed, else PyAV), "decord", "pyav". Image files always
-    use PIL. Properties: `num_frames`, `fps`, `height`, `width`, `sample_aspect_ratio`.
+    use PIL (backend "image", or "animation" for animated WebP/PNG). Properties: `num_frames`,
+    `fps`, `height`, `width`, `sample_aspect_ratio`.
     """
 
-    _sar: tuple[int, int] | None | bool = False  # False: not read yet
+    _sar: tuple[int, int] | None = None
+    _turns = 0  # quarter turns to apply to what the backend decodes
 
     def __init__(self, path, backend: str = "auto"):
         self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"video not found: {self.path}")
-        if self.path.is_dir():
-            raise VideoReadError(f"{self.path} is a directory, not a video")
-        if is_image(self.path):
-            candidates = ["image"]
-        elif backend == "auto":
-            # decord fails on some files (and some frame sizes) that FFmpeg reads: fall back
-            candidates = ["decord", "pyav"] if _has_decord() else ["pyav"]
-        elif backend in ("decord", "pyav"):
-            candidates = [backend]
-        else:
+        if backend not in ("auto", "decord", "pyav"):
             raise ValueError(f"unknown video backend {backend!r} (auto, decord, pyav)")
-        for i, self.backend in enumerate(candidates):
-            try:
-                self._open()
-                break
-            except (VideoReadError, FileNotFoundError):
-                raise
-            except Exception as e:  # noqa: BLE001 - every decoder error means "not readable"
-                if i + 1 < len(candidates):
-                    logger.debug("%s cannot read %s (%s)", self.backend, self.path, e)
-                    continue
-                raise VideoReadError(f"cannot read {self.path} as a video: {one_line(e)}") from e
+        check_regular_file(self.path)
+        if is_image(self.path):
+            self.backend = "image"
+            self._guard(self._open_image)
+        else:
+            self._open_video(backend)
         if self.num_frames == 0:
             raise VideoReadError(f"{self.path} has no frames")
 
-    # ------------------------------------------------------------------ backends
-    def _open(self):
-        {"image": self._open_image, "decord": self._open_decord, "pyav": self._open_pyav}[
-            self.backend]()
+    def _guard(self, fn, *args):
+        """fn(*args), with any decoder error turned into one VideoReadError line."""
+        try:
+            return fn(*args)
+        except (VideoReadError, FileNotFoundError):
+            raise
+        except Exception as e:  # noqa: BLE001 - every decoder error means "not readable"
+            what = "an image" if self.backend in ("image", "animation") else "a video"
+            raise VideoReadError(f"cannot read {self.path} as {what}: {one_line(e)}") from e
 
+    def _open_video(self, backend: str):
+        self.backend = "pyav"  # the probe's reader
+        self._probe = self._guard(_probe, self.path)
+        candidates = self._candidates(backend)
+        for i, self.backend in enumerate(candidates):
+            try:
+                self._guard(self._open_decord if self.backend == "decord" else self._open_pyav)
+                break
+            except VideoReadError as e:
+                if i + 1 == len(candidates):
+                    raise
+                logger.debug("%s cannot read %s (%s)", self.backend, self.path, e)
+        sar, turned = self._probe.sar, self._probe.turns % 2
+        self._sar = sar[::-1] if sar and turned else sar  # a pixel turned by 90 degrees too
+        self._probe = None  # the first frame is not needed any more
+
+    def _candidates(self, backend: str) -> list[str]:
+        if self._probe.plausible:
+            if backend == "auto":  # decord fails on some files FFmpeg reads: fall back
+                return ["decord", "pyav"] if _has_decord() else ["pyav"]
+            return [backend]
+        if backend == "decord":
+            raise VideoReadError(f"{self.path}: its header declares {self._probe.declared} frames "
+                                 f"in {self._probe.size} bytes, which would crash decord; use "
+                                 "--backend pyav (or auto)")
+        return ["pyav"]
+
+    # ------------------------------------------------------------------ backends
     def _open_image(self):
         from PIL import Image
 
         with Image.open(self.path) as im:
-            self._image = np.array(im.convert("RGB"))
-        self.num_frames, self.fps = 1, DEFAULT_FPS
+            n = getattr(im, "n_frames", 1)
+            if n > 1 and im.format in ANIMATED_IMAGE_FORMATS:
+                self.backend = "animation"
+                durations = []
+                for i in range(n):
+                    im.seek(i)
+                    im.load()  # WebP sets the frame's duration when it is decoded
+                    durations.append(im.info.get("duration"))
+                self._repeats, self.fps = _animation_timing(durations, self.path)
+                im.seek(0)
+                self._image = _image_rgb(im)
+                self.num_frames = sum(self._repeats)
+            else:
+                self._image = _image_rgb(im)
+                self.num_frames, self.fps = 1, DEFAULT_FPS
         self.height, self.width = self._image.shape[:2]
 
     def _open_decord(self):
         import decord
 
-        self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
-        self.num_frames = len(self._vr)
-        self.fps = float(self._vr.get_avg_fps() or DEFAULT_FPS)
-        if self.num_frames:  # decode one frame now, so a broken file fails here
-            self.height, self.width = self._vr.get_batch([0]).shape[1:3]
-            self._vr.seek(0)
+        said: list[str] = []
+        try:
+            with _native_stderr_into(said):
+                self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
+                self.num_frames = len(self._vr)
+                # decode one frame now, so a broken file fails here
+                first = self._vr.get_batch([0]).asnumpy()[0] if self.num_frames else None
+                self._vr.seek(0)
+        finally:
+            if said and said[0].strip():
+                logger.debug("decord on %s: %s", self.path, said[0].strip())
+        self.fps = self._probe.fps
+        shown = self._probe.first
+        if first is not None:
+            self._turns = _remaining_turns(first, shown, self._probe.turns)
+            shown = _turn(first[None], self._turns)[0]
+        self.height, self.width = shown.shape[:2]
 
     def _open_pyav(self):
-        import av
+        p = self._probe
+        self.fps, self._turns = p.fps, p.turns
+        self.height, self.width = p.first.shape[:2]
+        n = p.declared if p.plausible else 0
+        if not n:  # the container does not say (or lies): count by decoding
+            import av
 
-        with av.open(str(self.path)) as container:
-            if not container.streams.video:
-                raise VideoReadError(f"{self.path} has no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            self.fps = float(rate) if rate else DEFAULT_FPS
-            self.height, self.width = stream.codec_context.height, stream.codec_context.width
-            n = stream.frames
-            if not n:  # container does not say: count by decoding
-                n = sum(1 for _ in container.decode(stream))
-            self.num_frames = n
-            self._sar = _ratio(stream.sample_aspect_ratio)
+            with av.open(str(self.path)) as container:
+                n = sum(1 for _ in container.decode(container.streams.video[0]))
+        self.num_frames = n
 
     @property
     def sample_aspect_ratio(self) -> tuple[int, int] | None:
-        """The source's pixel aspect ratio (num, den) when it is known and not square, else None
-        (read with PyAV, which decord does not expose)."""
-        if self._sar is False:
-            self._sar = None
-            if self.backend != "image":
-                try:
-                    import av
-
-                    with av.open(str(self.path)) as container:
-                        self._sar = _ratio(container.streams.video[0].sample_aspect_ratio)
-                except Exception as e:  # noqa: BLE001 - a nicety: unknown means square
-                    logger.debug("no sample aspect ratio for %s: %s", self.path, e)
+        """The source's pixel aspect ratio (num, den) as displayed (swapped for a video turned
+        by 90 degrees) when it is known and not square, else None."""
         return self._sar
 
     # ------------------------------------------------------------------ reading
@@ -128,8 +326,8 @@ class VideoReader:
         if self.backend == "image":
             yield self._image[None]
             return
-        source = self._iter_decord(chunk_size) if self.backend == "decord" else \
-            self._iter_pyav(chunk_size)
+        source = {"decord": self._iter_decord, "pyav": self._iter_pyav,
+                  "animation": self._iter_animation}[self.backend](chunk_size)
         count = 0
         try:
             for chunk in source:
@@ -146,7 +344,7 @@ class VideoReader:
     def _iter_decord(self, chunk_size):
         for start in range(0, self.num_frames, chunk_size):
             idx = list(range(start, min(start + chunk_size, self.num_frames)))
-            yield self._vr.get_batch(idx).asnumpy()
+            yield _turn(self._vr.get_batch(idx).asnumpy(), self._turns)
 
     def _iter_pyav(self, chunk_size):
         import av
@@ -156,10 +354,24 @@ class VideoReader:
             for frame in container.decode(container.streams.video[0]):
                 buf.append(frame.to_ndarray(format="rgb24"))
                 if len(buf) == chunk_size:
-                    yield np.stack(buf)
+                    yield _turn(np.stack(buf), self._turns)
                     buf = []
             if buf:
-                yield np.stack(buf)
+                yield _turn(np.stack(buf), self._turns)
+
+    def _iter_animation(self, chunk_size):
+        from PIL import Image
+
+        buf = []
+        with Image.open(self.path) as im:
+            for i, repeat in enumerate(self._repeats):
+                im.seek(i)
+                buf += [_image_rgb(im)] * repeat
+                while len(buf) >= chunk_size:
+                    yield np.stack(buf[:chunk_size])
+                    buf = buf[chunk_size:]
+        if buf:
+            yield np.stack(buf)
 
     def read_frames(self, indices: list[int]) -> np.ndarray:
         """Frames at the given sorted indices, uint8 (len, H, W, 3). decord seeks; the other
@@ -170,7 +382,7 @@ class VideoReader:
         if self.backend == "image":
             return np.repeat(self._image[None], len(indices), axis=0)
         if self.backend == "decord":
-            return self._vr.get_batch(list(indices)).asnumpy()
+            return _turn(self._vr.get_batch(list(indices)).asnumpy(), self._turns)
         wanted, got, pos = set(indices), {}, 0
         for chunk in self.iter_chunks(32):
             for f in chunk:
@@ -213,51 +425,153 @@ def _ratio(value) -> tuple[int, int] | None:
     return int(value.numerator), int(value.denominator)
 
 
-class VideoWriter:
-    """Writes uint8 RGB frames one chunk at a time with ffmpeg (H.264 by default).
+# ----------------------------------------------------------------------------------------------
+# the writer
 
-    Odd sizes use 4:4:4 chroma (4:2:0 needs even sizes). `crf` 0 is lossless.
-    `sample_aspect_ratio` (num, den) is written into the stream when given.
+
+def video_rate(fps: float) -> Fraction:
+    """`fps` as the fraction written into the file: common rates exact (30000/1001, 25/2), slow
+    ones by their period (a time-lapse at 1 frame per hour is 1/3600, not 0)."""
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise VideoWriteError(f"fps must be a positive number, got {fps!r}")
+    exact = fps if isinstance(fps, Fraction) else Fraction(value)
+    candidates = [exact.limit_denominator(1001)]
+    if value < 1:
+        candidates.append(1 / Fraction(1 / value).limit_denominator(1001))
+    return min((c for c in candidates if c > 0), key=lambda c: abs(c - exact))
+
+
+def _ffmpeg_failure(path, returncode: int, log: str) -> VideoWriteError:
+    """One line for a failed ffmpeg run: its first error line, or 'no space left on device'."""
+    if "no space left on device" in log.lower():
+        return VideoWriteError(f"cannot write {path}: no space left on device")
+    lines = [ln.split("] ", 1)[-1].strip() for ln in log.splitlines() if ln.strip()]
+    why = lines[0] if lines else (f"killed by signal {-returncode}" if returncode < 0
+                                  else f"exit status {returncode}")
+    return VideoWriteError(f"ffmpeg could not write {path}: {why}")
+
+
+class VideoWriter:
+    """Writes uint8 RGB frames one chunk at a time through ffmpeg (H.264 by default).
+
+    Odd sizes use 4:4:4 chroma (4:2:0 needs even sizes). `crf` 0 is lossless. The frame rate
+    is written as a fraction (`video_rate`); `sample_aspect_ratio` (num, den) is written
+    exactly; `name` is the file's name in messages (the final name when `path` is a temporary).
+    `close()` (or leaving the `with` block) waits for ffmpeg and raises
+    VideoWriteError when it failed (a full disk: "no space left on device") or wrote a file
+    that cannot be read back, so an atomic output is never published broken; a warning says
+    when the container could not store the frame rate. Leaving the block with an exception
+    stops ffmpeg without a second error.
     """
 
+    _proc: subprocess.Popen | None = None
+
     def __init__(self, path, fps: float, height: int, width: int, crf: int = 10,
-                 codec: str = "libx264", sample_aspect_ratio: tuple[int, int] | None = None):
+                 codec: str = "libx264", sample_aspect_ratio: tuple[int, int] | None = None,
+                 name=None):
         import imageio_ffmpeg
 
         self.path = Path(path)
+        self.name = name or self.path  # for messages: the published name of a temporary path
         check_output_suffix(self.path, WRITABLE_VIDEO_SUFFIXES, "a video format")
         self.size = (width, height)
+        self.rate = video_rate(fps)
+        if abs(self.rate - Fraction(float(fps))) > self.rate / 10000:
+            logger.warning("%s: %s fps is written as %s", self.name, fps, self.rate)
         pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
-        params = ["-crf", str(crf)] if codec == "libx264" else []
-        if sample_aspect_ratio:
-            params += ["-vf", f"setsar={sample_aspect_ratio[0]}/{sample_aspect_ratio[1]}"]
-        fps_arg = float(Fraction(fps).limit_denominator(1001))
-        self._gen = imageio_ffmpeg.write_frames(
-            str(self.path), self.size, fps=fps_arg, codec=codec, pix_fmt_out=pix_fmt,
-            macro_block_size=1, output_params=params, ffmpeg_log_level="error")
-        self._gen.send(None)
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+               "-r", str(self.rate), "-i", "-", "-an", "-c:v", codec, "-pix_fmt", pix_fmt]
+        if codec == "libx264":
+            cmd += ["-crf", str(crf)]
+        if sample_aspect_ratio:  # max: setsar reduces to denominators <= 100 by default
+            num, den = sample_aspect_ratio
+            cmd += ["-vf", f"setsar={num}/{den}:max=65535"]
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd + [str(self.path)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, stderr=self._log,
+                                      start_new_session=True)  # Ctrl-C is ours to handle
         self.frames_written = 0
 
     def write(self, frames: np.ndarray) -> None:
+        if self._proc is None:
+            raise ValueError(f"{self.path}: the writer is closed")
         if frames.ndim == 3:
             frames = frames[None]
         if frames.shape[1:] != (self.size[1], self.size[0], 3) or frames.dtype != np.uint8:
             raise ValueError(f"frames must be uint8 (t, {self.size[1]}, {self.size[0]}, 3), "
                              f"got {frames.dtype} {frames.shape}")
-        for f in frames:
-            self._gen.send(np.ascontiguousarray(f))
+        try:
+            self._proc.stdin.write(memoryview(np.ascontiguousarray(frames)).cast("B"))
+        except OSError:  # ffmpeg stopped (a full disk, a failing muxer): say why
+            raise self._failure() from None
         self.frames_written += len(frames)
 
+    def _failure(self) -> VideoWriteError:
+        proc, self._proc = self._proc, None
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        returncode = proc.wait()
+        self._log.seek(0)
+        log = self._log.read().decode(errors="replace")
+        self._log.close()
+        return _ffmpeg_failure(self.name, returncode, log)
+
     def close(self) -> None:
-        if self._gen is not None:
-            self._gen.close()
-            self._gen = None
+        """Finish the file; raise VideoWriteError if ffmpeg failed or the file is unreadable."""
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        if self._proc.wait() != 0:
+            raise self._failure()
+        self._proc = None
+        self._log.close()
+        if self.frames_written == 0:
+            raise VideoWriteError(f"{self.name}: no frames were written")
+        self._check_written()
+
+    def _check_written(self) -> None:
+        import av
+
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                rate = stream.guessed_rate or stream.average_rate
+        except Exception as e:  # noqa: BLE001 - any failure means the file is not playable
+            raise VideoWriteError(f"ffmpeg wrote an unreadable {self.name}: {one_line(e)}") from e
+        if self.frames_written > 1 and rate and abs(rate - self.rate) > self.rate / 1000:
+            logger.warning("%s: the %s container cannot store %s fps; the video plays at %s fps",
+                           self.name, self.path.suffix, self.rate, rate)
+
+    def abort(self) -> None:
+        """Stop ffmpeg without finishing the file (after an error elsewhere)."""
+        if self._proc is not None:
+            proc, self._proc = self._proc, None
+            proc.kill()
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            proc.wait()
+            self._log.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.abort()
 
 
 # ----------------------------------------------------------------------------------------------

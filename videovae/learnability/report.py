@@ -18,4 +18,12 @@ def markdown_table(results: dict[str, dict]) -> str:
                f"{r['final_val_loss']:.4f}", f"{r['curve_area']:.4f}",
                *[f"{p['psnr']:.2f}" for p in r.get("one_step_psnr", [])]]
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _notes(results)) + "\n"
+
+
+def _notes(results: dict[str, dict]) -> list[str]:
+    """A line under the table for each model that had fewer clips than asked."""
+    notes = [f"- {name}: {r['clips_used']} clips used of the {r['clips_asked']} asked (the data "
+             "gives no more)" for name, r in results.items()
+             if r.get("clips_used", 0) < r.get("clips_asked", 0)]
+    return ["", *notes] if notes else []

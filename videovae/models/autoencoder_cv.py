@@ -3,7 +3,7 @@
 Video in: (B, 3, T, H, W) in [-1, 1]. Latent: (B, Z, 1 + (T-1)//4, H/8, W/8) for the default
 4x8x8 model. Frame 0 is compressed alone; every later group of 4 frames gives one latent frame.
 Module names mirror diffusers' `AutoencoderKL`, so an image VAE inflates name by name
-(`videovae.convert.inflate`). Everything the families share lives in `streaming.py`.
+(`videovae.convert.inflate`). Everything the families share lives in `base.py`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
-from .layers import (CausalConv3d, DownBlock3D, FrameGroupNorm, MidBlock3D, UpBlock3D,
-                     run_blocks)
-from .registry import register_family
-from .streaming import StreamingAutoencoder, init_posterior_logvar
+from .base import StreamingAutoencoder, init_posterior_logvar
+from .layers import CausalConv3d, DownBlock3D, FrameGroupNorm, MidBlock3D, UpBlock3D, run_blocks
 
 
 class Encoder3D(nn.Module):
@@ -71,9 +69,10 @@ def default_temporal_downsample(levels: int) -> tuple[bool, ...]:
     return tuple(True for _ in range(n)) if n <= 2 else tuple(i in (0, 2) for i in range(n))
 
 
-@register_family("cv")
-class VideoVAE(StreamingAutoencoder, ConfigMixin):
-    r"""Causal 3D-conv video VAE with a diffusers-compatible API.
+class AutoencoderCV(StreamingAutoencoder, ConfigMixin):
+    r"""The `cv` family: a causal 3D-conv video VAE in the SD VAE layout, with a
+    diffusers-compatible API. `VideoVAE` is its older name, kept as an alias (saved folders whose
+    config.json says `VideoVAE` load as this class).
 
     Parameters:
         in_channels / out_channels: pixel channels (3).
@@ -97,6 +96,8 @@ class VideoVAE(StreamingAutoencoder, ConfigMixin):
             given, and must then agree.
     """
 
+    arch = "cv"
+    class_aliases = ("VideoVAE",)
     _no_split_modules = ["ResnetBlock3D", "FrameAttention"]
 
     @register_to_config
@@ -158,3 +159,6 @@ class VideoVAE(StreamingAutoencoder, ConfigMixin):
     # ------------------------------------------------------------------ training hooks
     def last_decoder_layer(self):
         return self.decoder.conv_out.weight
+
+
+VideoVAE = AutoencoderCV  # the older name of the `cv` family (documented alias)

@@ -30,12 +30,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from einops import rearrange
 
+from .base import StreamingAutoencoder, init_posterior_logvar
 from .layers import run_blocks
-from .layers_ktc import (NORM_TYPES, KTCConv, KTCDownBlock, KTCMidBlock, KTCUpBlock, half_norm,
-                         merge_keyframes, starts_video)
-from .registry import register_family
-from .streaming import StreamingAutoencoder, init_posterior_logvar
+from .layers_ktc import (
+    NORM_TYPES,
+    KTCConv,
+    KTCDownBlock,
+    KTCMidBlock,
+    KTCUpBlock,
+    half_norm,
+    merge_keyframes,
+    starts_video,
+)
 
 
 class KTCEncoder(nn.Module):
@@ -94,7 +102,6 @@ class KTCDecoder(nn.Module):
         return merge_keyframes(x, starts, self.group_size)
 
 
-@register_family("ktc")
 class AutoencoderKTC(StreamingAutoencoder, ConfigMixin):
     r"""Keyframe + temporal-half video VAE (IV-VAE style) with a diffusers-compatible API.
 
@@ -119,6 +126,7 @@ class AutoencoderKTC(StreamingAutoencoder, ConfigMixin):
             given, and must then agree.
     """
 
+    arch = "ktc"
     _no_split_modules = ["KTCResnet", "FrameAttention"]
     image_reg_mapping = "key"
 
@@ -177,7 +185,8 @@ class AutoencoderKTC(StreamingAutoencoder, ConfigMixin):
         if self.quant_conv is not None:
             h = self.quant_conv(h)
         # [key mean, key logvar, temporal mean, temporal logvar] -> [means, logvars]
-        return h.unflatten(1, (2, 2, -1)).transpose(1, 2).flatten(1, 3)
+        return rearrange(h, "b (half moment c) t h w -> b (moment half c) t h w", half=2,
+                         moment=2)
 
     # ------------------------------------------------------------------ image VAE pairing
     def image_latents(self, z):

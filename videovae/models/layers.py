@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 
 class StreamState:
@@ -178,17 +179,16 @@ class FrameAttention(nn.Module):
         self.frames_per_batch = frames_per_batch  # bounds attention memory on long chunks
 
     def _attend(self, h):
-        n, c, hh, ww = h.shape
-        h = self.group_norm(h).reshape(n, c, hh * ww).transpose(1, 2)
+        hh = h.shape[2]
+        h = rearrange(self.group_norm(h), "n c h w -> n (h w) c")
         q, k, v = (proj(h).unsqueeze(1) for proj in (self.to_q, self.to_k, self.to_v))
         h = F.scaled_dot_product_attention(q, k, v).squeeze(1)
-        return self.to_out[0](h).transpose(1, 2).reshape(n, c, hh, ww)
+        return rearrange(self.to_out[0](h), "n (h w) c -> n c h w", h=hh)
 
     def forward(self, x, state=None):
-        b, c, t, hh, ww = x.shape
-        frames = x.transpose(1, 2).reshape(b * t, c, hh, ww)
+        frames = rearrange(x, "b c t h w -> (b t) c h w")
         out = torch.cat([self._attend(f) for f in frames.split(self.frames_per_batch)], dim=0)
-        return x + out.reshape(b, t, c, hh, ww).transpose(1, 2)
+        return x + rearrange(out, "(b t) c h w -> b c t h w", b=x.shape[0])
 
 
 class MidBlock(nn.Module):

@@ -17,9 +17,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
-from .layers import (FrameAttention, FrameGroupNorm, MidBlock, ResidualBlock, StreamState,
-                     upsample_nearest)
+from .layers import (
+    FrameAttention,
+    FrameGroupNorm,
+    MidBlock,
+    ResidualBlock,
+    StreamState,
+    upsample_nearest,
+)
 
 NORM_TYPES = ("group", "rms")
 
@@ -238,9 +245,9 @@ class KTCUpsample(nn.Module):
             key, tmp = x.chunk(2, dim=1)
             key = torch.cat([key[:, :, :head], key[:, :, head:].repeat_interleave(2, dim=2)], 2)
             rest = tmp[:, :, head:]
-            if rest.shape[2]:  # (b, 2c, t) -> (b, c, 2t), copy 0 of each frame first
-                rest = self.time_conv(rest).unflatten(1, (2, -1)).permute(0, 2, 3, 1, 4, 5)
-                tmp = torch.cat([tmp[:, :, :head], rest.flatten(2, 3)], dim=2)
+            if rest.shape[2]:  # depth to time: (b, 2c, t) -> (b, c, 2t), copy 0 of each frame first
+                rest = rearrange(self.time_conv(rest), "b (n c) t h w -> b c (t n) h w", n=2)
+                tmp = torch.cat([tmp[:, :, :head], rest], dim=2)
             x = torch.cat([key, tmp], dim=1)
         return self.conv(upsample_nearest(x, (1, 2, 2)))
 

@@ -1,89 +1,76 @@
-"""Model families by name, and loading any family's folder by the class named in config.json.
+"""The family table (arch name -> model class), and loading any family's folder by the class
+named in its config.json.
 
-Families register their class (`register_family`); the conversion package registers the
-function that inflates an image VAE into a family (`register_inflater`), so models never
-import it (`inflate` loads that plug-in by name on first use).
+Adding a family: write its model file (`autoencoder_<arch>.py`, a `StreamingAutoencoder`
+subclass with `arch = "<arch>"`), add it to `FAMILIES` below, add its converter or inflater to
+`videovae.convert.INFLATERS` if it has one, and its test file
+`tests/models/test_autoencoder_<arch>.py` (a `FamilyTests` subclass); `tests/test_family_table.py`
+fails, naming what is missing, until all of them exist.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 from pathlib import Path
-from typing import Callable
 
 import torch
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..config import read_model_config
 from ..errors import ModelLoadError, one_line
+from .autoencoder_cv import AutoencoderCV
+from .autoencoder_ktc import AutoencoderKTC
+from .autoencoder_wan import AutoencoderWan
+from .base import StreamingAutoencoder
 
-_FAMILIES: dict[str, type] = {}  # arch name -> class
-_CLASS_NAMES: dict[str, type] = {}  # config.json `_class_name` -> class
-_INFLATER: list[Callable] = []  # set by videovae.convert on import
+FAMILIES: dict[str, type[StreamingAutoencoder]] = {
+    "cv": AutoencoderCV,  # CV-VAE: the SD VAE with causal 3D convs
+    "ktc": AutoencoderKTC,  # IV-VAE: keyframe + temporal halves, group causal convs
+    "wan": AutoencoderWan,  # diffusers' AutoencoderKLWan (Wan 2.1/2.2), its folders as they are
+}
+
+DEFAULT_ARCH = "cv"  # what `inflate`, `train` and the tools build when no arch is given
 
 
-def register_family(arch: str, *aliases: str):
-    """Class decorator: make a model class loadable by its arch name and class name(s)."""
-    def deco(cls):
-        _FAMILIES[arch] = cls
-        cls.arch = arch
-        for name in (cls.__name__, *aliases):
-            _CLASS_NAMES[name] = cls
+def _class_names() -> dict[str, type]:
+    """config.json `_class_name` -> class: each family's own name and its older aliases."""
+    names = {}
+    for arch, cls in FAMILIES.items():
+        if cls.arch != arch:
+            raise TypeError(f"{cls.__name__}.arch is {cls.arch!r}, but FAMILIES lists it as "
+                            f"{arch!r}")
+        for name in (cls.__name__, *cls.class_aliases):
+            names[name] = cls
         # diffusers reloads a saved pipeline's component by finding its loadable base class
         # (ModelMixin) by name in the module that defines the class
         module = sys.modules[cls.__module__]
         if not hasattr(module, "ModelMixin"):
             module.ModelMixin = ModelMixin
-        return cls
-    return deco
+    return names
+
+
+_CLASS_NAMES = _class_names()
 
 
 def families() -> list[str]:
-    return sorted(_FAMILIES)
+    return sorted(FAMILIES)
 
 
-def family_class(arch: str) -> type:
-    if arch not in _FAMILIES:
+def family_class(arch: str) -> type[StreamingAutoencoder]:
+    if arch not in FAMILIES:
         raise ModelLoadError(f"unknown arch {arch!r}; known: {', '.join(families())}")
-    return _FAMILIES[arch]
-
-
-def register_inflater(fn: Callable) -> None:
-    """`fn(path, arch=..., **overrides)` builds a model of family `arch` from an image VAE."""
-    _INFLATER[:] = [fn]
-
-
-def inflate(path, arch: str = "cv", **overrides):
-    family_class(arch)  # a readable error for unknown names
-    if not _INFLATER:  # the conversion package registers itself when imported; it is a plug-in
-        import importlib  # found by name, not a dependency of the models
-
-        importlib.import_module("videovae.convert")
-    return _INFLATER[0](path, arch=arch, **overrides)
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def check_model_location(path) -> None:
-    """A model location is an existing folder, or else an `owner/name` hub id."""
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        return
-    if os.path.exists(p):
-        raise ModelLoadError(f"{p} is a file; a model is a folder (config.json + weights)")
-    if not _HUB_ID.fullmatch(p) or p.startswith((".", "/")) or ".." in p:
-        raise ModelLoadError(f"no model folder at {p} (and it is not an owner/name hub id)")
+    return FAMILIES[arch]
 
 
 def model_class_for(model_dir) -> type:
     """The family class a model folder was saved from."""
     name = read_model_config(model_dir).get("_class_name")
+    if name == "AutoencoderKL":
+        raise ModelLoadError(f"{model_dir} holds an image VAE (AutoencoderKL): make a video VAE "
+                             f"of it with `videovae inflate --image-vae {model_dir} -o OUT`")
     if name not in _CLASS_NAMES:
         raise ModelLoadError(f"{model_dir} holds a {name or 'model without _class_name'}, not a "
-                             f"videovae model ({', '.join(sorted(_CLASS_NAMES))})")
+                             f"videovae model; supported: {', '.join(sorted(_CLASS_NAMES))}")
     return _CLASS_NAMES[name]
 
 

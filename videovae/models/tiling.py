@@ -35,7 +35,8 @@ def _ramp(length: int, ramp_in: int, ramp_out: int, device, dtype) -> torch.Tens
 
 
 def blend_weights(out_spans, i, device, dtype=torch.float32):
-    """Blend weights of tile i along one axis: linear ramps over the overlaps with its neighbours."""
+    """Blend weights of tile i along one axis: linear ramps over the overlaps with its
+    neighbours."""
     s, e = out_spans[i]
     ramp_in = out_spans[i - 1][1] - s if i > 0 else 0
     ramp_out = e - out_spans[i + 1][0] if i + 1 < len(out_spans) else 0

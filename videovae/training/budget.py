@@ -38,11 +38,12 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def run_training(settings: dict, out: Path, steps: int) -> tuple[Path, list[dict]]:
-    """`videovae train` with the config `settings` for `steps` steps writing to `out`; returns
-    the final model folder and the rows of metrics.jsonl."""
+    """`videovae train` with the config `settings` for `steps` steps writing to `out` (a new run:
+    an earlier run there is replaced, `train.overwrite`); returns the final model folder and the
+    rows of metrics.jsonl."""
     reset_accelerate_state()
-    cfg = from_dict(TrainConfig, merge(settings, {"train": {"max_steps": steps,
-                                                            "output_dir": str(out)}}))
+    cfg = from_dict(TrainConfig, merge(settings, {"train": {
+        "max_steps": steps, "output_dir": str(out), "overwrite": True}}))
     final = train(cfg)
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     return final, rows

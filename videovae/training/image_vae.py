@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..convert.checkpoints import sd_vae_config
 from ..data.sources import ClipSource, SourceConfig
-from ..models.streaming import init_posterior_logvar
+from ..models.base import init_posterior_logvar
 from .losses import lowpass_distance
 from .optim import warmup_cosine
 

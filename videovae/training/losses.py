@@ -31,6 +31,7 @@ are both E_img of the key frames; psi is always `key` there, whatever `reg_mappi
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -90,12 +91,30 @@ def build_lpips(net: str = "vgg", weights: str | None = None, pretrained_trunk: 
     else:
         model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
         if weights is not None:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
+            state = _load_lpips_weights(weights)
             missing, _ = model.load_state_dict(state, strict=False)
             if missing:  # lpips loads with strict=False and would hide this
                 raise ValueError(f"{weights} is not a full LPIPS-{net} state_dict: missing "
                                  f"{len(missing)} keys ({', '.join(missing[:3])}...)")
     return model.eval().requires_grad_(False)
+
+
+def _load_lpips_weights(path) -> dict:
+    """loss.lpips_weights, read with weights_only=True; a file holding anything but tensors is
+    refused in one line (torch's own text would advise loading it unsafely)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"loss.lpips_weights: {path} holds objects other than tensors; "
+                          "refused (loading it could run code): export a plain state_dict with "
+                          "tools/export_lpips.py") from e
+    except (RuntimeError, EOFError) as e:
+        raise ConfigError(f"loss.lpips_weights: {path} is not a torch weights file "
+                          f"({type(e).__name__})") from e
+    if not isinstance(state, dict):
+        raise ConfigError(f"loss.lpips_weights: {path} holds a {type(state).__name__}, not a "
+                          "state_dict")
+    return state
 
 
 def map_frames(x: torch.Tensor, mapping: str, ratio: int, gen: torch.Generator | None = None):

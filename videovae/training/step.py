@@ -1,5 +1,6 @@
-"""One optimization step: a generator update over `grad_accum` micro-batches, then (once the GAN
-is on) a discriminator update over the same micro-batches.
+"""One optimization step: an autoencoder (generator) update over `grad_accum` micro-batches, then
+(once the GAN is on) a discriminator update over the same micro-batches
+(`Stepper.update_autoencoder`, `Stepper.update_discriminator`).
 
 Trainable weights stay fp32 and mixed precision autocasts. The forward goes through the
 DDP-wrapped `AutoencoderForward`; the discriminator is its own prepared module, frozen inside
@@ -78,9 +79,10 @@ class Stepper:
         self.vae = accelerator.unwrap_model(model).vae
         self.params_g = params_g
 
-    def generator(self, batches, step: int):
-        """Returns (ok, logs, reconstructions, grad_norm); ok is False when the update was
-        skipped for a non-finite loss or gradient."""
+    def update_autoencoder(self, batches, step: int):
+        """One AdamW update of the autoencoder (the GAN's generator) over the micro-batches.
+        Returns (ok, logs, reconstructions, grad_norm); ok is False when the update was skipped
+        for a non-finite loss or gradient."""
         acc, loss_fn = self.acc, self.loss_fn
         logs: dict[str, float] = defaultdict(float)
         recons, ok = [], True
@@ -117,7 +119,7 @@ class Stepper:
         self.opt_g.zero_grad(set_to_none=True)
         return ok, logs, recons, grad_norm
 
-    def discriminator(self, batches, recons) -> dict[str, float]:
+    def update_discriminator(self, batches, recons) -> dict[str, float]:
         """Hinge-loss update of the discriminator on real clips and the reconstructions."""
         acc = self.acc
         logs: dict[str, float] = defaultdict(float)

@@ -3,7 +3,8 @@
 inflated from it and fine-tuned. fp16 safetensors; loaded in the dtype asked for (fp32 unless
 told).
 
-Names: `default` (the `cv` video VAE), `default-cv`, `default-image-vae`.
+Names: `default` (the `cv` video VAE), `default-cv`, `default-image-vae`. A name that is also a
+folder in the current directory is refused as ambiguous (`./default` names the folder).
 """
 
 from __future__ import annotations
@@ -35,8 +36,20 @@ def default_model_dir(name: str = "default") -> Path:
 
 
 def resolve_model(model) -> str | os.PathLike:
-    """`model` itself, or the shipped folder when it is one of NAMES."""
-    return default_model_dir(model) if is_default_name(model) else model
+    """`model` itself, or the shipped folder when it is one of NAMES. A name that is also a
+    folder in the current directory is refused as ambiguous (`./default` names the folder)."""
+    if not is_default_name(model):
+        return model
+    path = default_model_dir(model)
+    if Path(model).is_dir():
+        from ..errors import ModelLoadError
+
+        others = [n for n, sub in NAMES.items() if sub == NAMES[model] and n != model]
+        shipped = f"{others[0]} (its folder: {path})" if others else str(path)
+        raise ModelLoadError(f"model {model!r} is ambiguous: ./{model} is a folder here and "
+                             f"{model} names a shipped model; use ./{model} for the folder, or "
+                             f"{shipped} for the shipped model")
+    return path
 
 
 def image_vae_runs(record: dict) -> list[dict]:

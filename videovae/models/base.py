@@ -1,19 +1,21 @@
-"""What every model family shares: the diffusers-style public API (encode / decode / forward),
-exact chunked streaming with carried caches, spatial tiling, temporal tiling for non-causal
-decoders, batch slicing, input checks and the hooks the trainer uses.
+"""The base class of every model family: the diffusers-style public API (encode / decode /
+forward), exact chunked streaming with carried caches, spatial tiling, temporal tiling for
+non-causal decoders, batch slicing, input checks and the hooks the trainer uses. The names
+diffusers video pipelines read come from `pipeline_names.PipelineNamesMixin`.
 
-A family subclasses `StreamingAutoencoder` (with `ConfigMixin`) and provides:
+A family subclasses `StreamingAutoencoder` (with `ConfigMixin`), sets `arch` (its key in
+`registry.FAMILIES`) and provides:
     _encode_tile(x, state)   pixels (B, C, t, H, W) -> posterior moments (B, 2Z, t', h, w)
     _decode_tile(z, state)   latents (B, Z, t', h, w) -> pixels
     encoder_modules() / decoder_modules()   what `set_trainable` freezes
     last_decoder_layer()     the weight taming's adaptive GAN weight differentiates against
 (`_decode_tile` and the module lists have defaults for families laid out like diffusers'
 `AutoencoderKL`: `encoder`, `decoder` and optional `quant_conv` / `post_quant_conv`), and
-sets `temporal_compression_ratio`, `spatial_compression_ratio` (`_set_ratios`, which also
-derives every name diffusers video pipelines read; or `_set_levels` for an SD-layout level
-list) and calls `_init_streaming()` in `__init__`. A family
-whose latents are not plain image latents overrides `image_latents` / `latents_from_image` /
-`image_reg_mapping` (what the latent regularization against the image VAE compares).
+sets `temporal_compression_ratio`, `spatial_compression_ratio` (`_set_ratios`, or
+`_set_levels` for an SD-layout level list) and calls `_init_streaming()` in `__init__` (which
+derives the names pipelines read). A family whose latents are not plain image latents
+overrides `image_latents` / `latents_from_image` / `image_reg_mapping` (what the latent
+regularization against the image VAE compares).
 
 `state` is a `StreamState` (or None for one full pass); a family's layers must make chunked
 passes equal one full pass for chunks of whole groups, which is all this module ever feeds them:
@@ -23,6 +25,8 @@ passes equal one full pass for chunks of whole groups, which is all this module 
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Iterable, Iterator
 
 import torch
@@ -32,13 +36,13 @@ from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from ..latents import ABSORB_KEY, absorbed_affine, network_latents, offset_and_gain
+from ..errors import ModelLoadError
+from ..frames import frame_counts_for, num_decoded_frames, pad_frames, pad_video, repeat_last_frame
+from ..latents import ABSORB_KEY, absorbed_affine, network_latents
 from .distributions import DiagonalGaussianDistribution
-from .frames import (frame_counts_for, num_decoded_frames, pad_frames, pad_video,
-                     repeat_last_frame)
 from .layers import StreamState
+from .pipeline_names import PipelineNamesMixin
 from .tiling import blend_temporal_windows, tile_spans, tiled_apply_2d
-from .registry import check_model_location, inflate
 
 # Defaults of the memory knobs (not part of the config; results do not depend on them).
 ENCODE_CHUNK_FRAMES = 16  # frames per internal encode step (rounded up to the temporal ratio)
@@ -56,13 +60,6 @@ def _raise_nonfinite(t: torch.Tensor, what: str):
     raise ValueError(f"{what} with {nan} NaN and {inf} infinite values; the model would turn "
                      "them into garbage")
 
-# Config names diffusers video pipelines read (Wan: scale_factor_*, z_dim; LTX:
-# timestep_conditioning; CogVideoX image-to-video: invert_scale_latents). Derived at init from
-# the ratios and latent channels; a value in a loaded config.json is ignored.
-PIPELINE_CONFIG_KEYS = ("scale_factor_temporal", "scale_factor_spatial", "z_dim",
-                        "timestep_conditioning", "invert_scale_latents")
-
-
 def init_posterior_logvar(moments_conv: nn.Module, latent_channels: int,
                           logvar: float = -8.0) -> None:
     """Start a from-scratch posterior nearly deterministic: with the default init its std is ~1
@@ -71,8 +68,27 @@ def init_posterior_logvar(moments_conv: nn.Module, latent_channels: int,
         moments_conv.bias[latent_channels:].fill_(logvar)
 
 
-class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_model_location(path) -> None:
+    """A model location is an existing folder, or else an `owner/name` hub id."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        return
+    if os.path.exists(p):
+        raise ModelLoadError(f"{p} is a file; a model is a folder (config.json + weights)")
+    if not _HUB_ID.fullmatch(p) or p.startswith((".", "/")) or ".." in p:
+        raise ModelLoadError(f"no model folder at {p} (and it is not an owner/name hub id)")
+
+
+class StreamingAutoencoder(PipelineNamesMixin, ModelMixin, AutoencoderMixin):
     """Base class of the video VAE families; see the module docstring."""
+
+    #: the family's name in `videovae.models.registry.FAMILIES` (set by each family class)
+    arch: str = ""
+    #: other `_class_name`s a saved config.json of this family may carry (older names)
+    class_aliases: tuple[str, ...] = ()
 
     _supports_gradient_checkpointing = True
 
@@ -108,60 +124,6 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         self.tile_latent_frames = TILE_LATENT_FRAMES
         self.tile_latent_overlap = TILE_LATENT_OVERLAP
 
-    # ------------------------------------------------------------------ names pipelines read
-    def _register_pipeline_names(self) -> None:
-        """Derive the config names diffusers video pipelines read (`PIPELINE_CONFIG_KEYS`) from
-        the ratios and latent channels, at every init (the attributes are properties below);
-        check `block_out_channels`, from which CogVideoX, AnimateDiff and SVD compute the
-        spatial ratio."""
-        t, s = self.temporal_compression_ratio, self.spatial_compression_ratio
-        boc = self.config.get("block_out_channels")
-        if boc is not None and 2 ** (len(boc) - 1) != s:
-            raise ValueError(f"pipelines read the spatial ratio as 2**(len(block_out_channels)-1)"
-                             f" = {2 ** (len(boc) - 1)}, but the layers give {s}")
-        self.register_to_config(scale_factor_temporal=t, scale_factor_spatial=s,
-                                z_dim=self.config.latent_channels, timestep_conditioning=False,
-                                invert_scale_latents=False)
-
-    @classmethod
-    def extract_init_dict(cls, config_dict, **kwargs):
-        """diffusers' loading, minus the derived pipeline names (recomputed by `__init__`; a
-        stale value in config.json must not be registered over them), and with
-        `absorb_normalization` (no family's `__init__` takes it) registered after `__init__`."""
-        config_dict = {k: v for k, v in config_dict.items() if k not in PIPELINE_CONFIG_KEYS}
-        absorb = config_dict.pop(ABSORB_KEY, None)
-        init_dict, unused, hidden = super().extract_init_dict(config_dict, **kwargs)
-        if absorb is not None:
-            hidden[ABSORB_KEY] = absorb
-        return init_dict, unused, hidden
-
-    @property
-    def temperal_downsample(self) -> list[bool]:
-        """Wan's name (and spelling): 2**sum gives the temporal ratio, 2**len the spatial one."""
-        t, s = self.temporal_compression_ratio, self.spatial_compression_ratio
-        lt, ls = t.bit_length() - 1, s.bit_length() - 1
-        if 2 ** lt != t or 2 ** ls != s or lt > ls:
-            raise ValueError(f"ratios {t}x{s} cannot be written as Wan's temperal_downsample")
-        return [False] * (ls - lt) + [True] * lt
-
-    def _ltx_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        zc = self.config.latent_channels
-        probe = torch.zeros(1, zc, 1)
-        offset, gain = offset_and_gain(self.config, probe)
-        scale = self.config.get("scaling_factor") or 1.0
-        return ((probe + offset).flatten(), (scale / (probe + gain)).flatten())
-
-    @property
-    def latents_mean(self) -> torch.Tensor:
-        """(Z,) tensor; with `latents_std`, LTX decodes `z * latents_std / scaling_factor +
-        latents_mean`, which equals `videovae.latents.denormalize_latents` for every config."""
-        return self._ltx_stats()[0]
-
-    @property
-    def latents_std(self) -> torch.Tensor:
-        """(Z,) tensor; see `latents_mean`."""
-        return self._ltx_stats()[1]
-
     def _set_levels(self, block_out_channels, temporal_downsample, norm_num_groups: int,
                     given_t: int | None, given_s: int | None) -> None:
         """Check an SD-layout level list (one `temporal_downsample` flag per downsampling level,
@@ -186,10 +148,24 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
 
     @classmethod
     def from_image_vae(cls, path, arch: str | None = None, **overrides):
-        """Inflate an image VAE (diffusers folder or LDM single file) into a video VAE of family
-        `arch` (default: this class's family) whose one-frame and still-clip outputs equal the
-        image VAE's."""
-        return inflate(path, arch or getattr(cls, "arch", "cv"), **overrides)
+        """Inflate an image VAE (diffusers folder or LDM single file) into a video VAE of this
+        class's family whose one-frame and still-clip outputs equal the image VAE's
+        (`StreamingAutoencoder.from_image_vae(path, arch=...)` builds any family). A
+        convenience over `videovae.convert.inflate_image_vae`: the models do not depend on the
+        conversion package, this method imports it when called."""
+        import warnings
+
+        from ..convert import inflate_image_vae
+
+        if cls.arch and arch not in (None, cls.arch):  # worked before the family table: kept
+            warnings.warn(f"{cls.__name__}.from_image_vae(arch={arch!r}) returns another class; "
+                          f"use videovae.family_class({arch!r}).from_image_vae(path) or "
+                          f"videovae.convert.inflate_image_vae(path, arch={arch!r})",
+                          FutureWarning, stacklevel=2)
+        if not (arch or cls.arch):
+            raise ValueError("StreamingAutoencoder.from_image_vae needs arch= (a key of "
+                             "videovae.FAMILIES)")
+        return inflate_image_vae(path, arch or cls.arch, **overrides)
 
     # ------------------------------------------------------------------ what decode can stream
     @property
@@ -359,7 +335,7 @@ class StreamingAutoencoder(ModelMixin, AutoencoderMixin):
         state = StreamState()
         bounds = [0, *range(1 + n, x.shape[2], n), x.shape[2]]
         return torch.cat([self._encode_chunk(x[:, :, a:b], state)
-                          for a, b in zip(bounds[:-1], bounds[1:])], dim=2)
+                          for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dim=2)
 
     def _decode_all(self, z):
         if not self.decoder_streams:
