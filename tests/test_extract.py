@@ -167,3 +167,20 @@ def test_two_processes_give_the_same_bytes_as_one(tmp_path, media, model_dir):
     a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len([k for k in a if k.endswith(".safetensors")]) == 2  # the two readable videos
     assert a == b
+
+
+def test_threads_option_fixes_torch_threads_and_refuses_zero(tmp_path, media, model_dir, capsys):
+    """`--threads N` reaches `run_extract` (the same N gives the same bytes on any process
+    count); a count below 1 is refused before any work."""
+    args = ["extract", "--model", str(model_dir), "--data", str(media / "videos"),
+            "--no-progress", "--window-frames", "5"]
+    assert cli([*args, "-o", str(tmp_path / "bad"), "--threads", "0"]) == 1
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    before = torch.get_num_threads()
+    try:
+        assert cli([*args, "-o", str(tmp_path / "one"), "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "one" / "index.jsonl").is_file()

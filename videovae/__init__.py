@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "AutoencoderCV": "videovae.models", "VideoVAE": "videovae.models",
-    "AutoencoderKTC": "videovae.models", "FAMILIES": "videovae.models",
+    "AutoencoderKTC": "videovae.models", "AutoencoderWan": "videovae.models",
+    "FAMILIES": "videovae.models",
     "DiagonalGaussianDistribution": "videovae.models",
     "load_model": "videovae.models", "families": "videovae.models",
     "family_class": "videovae.models", "StreamingAutoencoder": "videovae.models",

@@ -143,7 +143,8 @@ def cmd_extract(args) -> None:
                           shard_items=args.shard_items, backend=args.backend)
     summary = run_extract(args.model, args.data, args.output, opts, dtype=pick_dtype(args.dtype),
                           chunk_frames=args.chunk_frames, tile=args.tile,
-                          tile_overlap=args.tile_overlap, progress=not args.no_progress)
+                          tile_overlap=args.tile_overlap, threads=args.threads,
+                          progress=not args.no_progress)
     if summary is not None:  # rank 0
         print(f"wrote {args.output}: {summary['windows']} latent clips ({summary['frames']} "
               f"frames) from {summary['items'] - summary['failed_items']} of {summary['items']} "
@@ -284,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode latents recorded as made by other weights of this architecture")
     s.set_defaults(func=cmd_decode)
 
-    s = sub.add_parser("reconstruct", help="encode + decode a video, with metrics")
+    s = sub.add_parser("reconstruct", help="encode + decode a video in one pass, with metrics "
+                       "(the same pixels as encode then decode with the same options)")
     s.add_argument("video")
     _model_options(s, reads_video=True)
     s.add_argument("--metrics", help="write per-frame and mean PSNR/SSIM to this JSON")
@@ -323,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store latents normalized with the model's scaling/shift/mean/std")
     s.add_argument("--moments", action="store_true",
                    help="also store the posterior std (so a trainer can sample)")
-    s.add_argument("--shard-items", type=int, default=16, help="files per shard")
+    s.add_argument("--shard-items", type=int, default=16,
+                   help="at most this many files per shard (fewer so that every process has "
+                        "work)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (the same value gives identical bytes on any "
+                        "number of processes; default: torch's own)")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     s.add_argument("--chunk-frames", type=int, default=None,
                    help="frames read and encoded per streamed step (bounds memory)")
@@ -417,7 +424,7 @@ _RANGES = {"crf": (0, 51, "H.264 quality, 0 = lossless"), "chunk_frames": (1, No
            "frames": (1, None, ""), "steps": (1, None, ""), "batch_size": (1, None, ""),
            "shard_items": (1, None, ""), "window_frames": (1, None, ""),
            "window_stride": (1, None, ""), "long_frames": (1, None, ""),
-           "fine_tune_steps": (0, None, "")}
+           "fine_tune_steps": (0, None, ""), "threads": (1, None, "")}
 
 
 def _check_ranges(args) -> None:
@@ -451,18 +458,14 @@ def _check_inputs(args) -> list[Path]:
 def _check_input_file(path, what: str) -> Path:
     """`path` exists and is a readable regular file (a FIFO would block, a folder fail late)."""
     import os
-    import stat
+
+    from .io.listing import input_file_mode
 
     p = Path(path)
-    try:
-        mode = p.stat().st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} not found: {path}") from None
-    if stat.S_ISDIR(mode):
+    kind = input_file_mode(p, what)
+    if kind == "a directory":
         raise VideoVAEError(f"{what} {path} is a directory, not a file")
-    if not stat.S_ISREG(mode):
-        kind = ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a device")
+    if kind is not None:
         raise VideoVAEError(f"{what} {path} is {kind}, not a regular file")
     if not os.access(p, os.R_OK):
         raise PermissionError(f"{what} {path} is not readable")

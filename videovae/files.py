@@ -9,12 +9,18 @@ not 1 + 4k are padded (repeating the last frame) and trimmed back.
 Nothing wrong is written: output names are checked before any work (a latent file is
 `.safetensors`, a video one of the writer's containers), frame sizes that cannot fit in memory
 untiled are refused up front with a hint to tile, and latents or pixels that come out NaN/Inf
-(a broken model) stop the command with an error instead of a black video.
+(a broken model) stop the command with an error instead of a black video. Outputs are published
+only when complete (`reconstruct`'s together, after every video writer has finished); a stop
+signal ends the work between chunks (`runtime.check_stop`), and temporaries go with it.
+
+`reconstruct` encodes and decodes the same chunks as `encode` then `decode`, so both give the
+same pixels. Progress bars count frames the model has processed, not frames read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 from collections import deque
@@ -394,7 +400,8 @@ def reconstruct_file(vae: StreamingAutoencoder, video_path, out_path, *, metrics
     sar = reader.sample_aspect_ratio
     check_frame_size(vae, h, w, video_path)
     metrics = FrameMetrics()
-    with contextlib.ExitStack() as publish:  # on success: published last-entered first
+    publish = contextlib.ExitStack()  # the outputs' temporaries, published together at the end
+    try:
         metrics_tmp = publish.enter_context(_output(metrics_path, overwrite)) \
             if metrics_path else None
         with contextlib.ExitStack() as writers:  # closed (ffmpeg checked) before publishing
@@ -411,10 +418,36 @@ def reconstruct_file(vae: StreamingAutoencoder, video_path, out_path, *, metrics
         report = {"video": str(video_path), "fps": reader.fps, "height": h, "width": w,
                   **metrics.report(vae.temporal_compression_ratio)}
         if metrics_tmp is not None:
-            metrics_tmp.write_text(to_json(report, indent=2))
+            _write_text(metrics_tmp, to_json(report, indent=2), metrics_path)
+    except BaseException:
+        _discard(publish)
+        raise
+    publish.close()  # every output is complete: publish them (the video first)
     logger.info("reconstructed %d frames: PSNR %.2f dB, SSIM %.4f", report["num_frames"],
                 report["psnr_mean"], report["ssim_mean"])
     return report
+
+
+class _Discarded(Exception):
+    """Thrown into outputs' contexts to remove their temporaries (see `_discard`)."""
+
+
+def _discard(outputs: contextlib.ExitStack) -> None:
+    """Remove the temporaries of `outputs` without publishing any, after a failure: the failure
+    itself is not passed through them, as `atomic_output` words a disk-full error with its own
+    file's name, which would name another output than the one that failed."""
+    with contextlib.suppress(_Discarded):
+        outputs.__exit__(_Discarded, _Discarded(), None)
+
+
+def _write_text(tmp: Path, text: str, name) -> None:
+    """Write `text` into the temporary `tmp` of the output `name` (named in a disk-full error)."""
+    try:
+        tmp.write_text(text)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise VideoVAEError(f"cannot write {name}: no space left on device") from e
+        raise
 
 
 def _side_by_side(orig: np.ndarray, rec: np.ndarray) -> np.ndarray:
@@ -451,7 +484,7 @@ def _frame_count(path, backend: str) -> int:
 
 
 def _file_steps(bar, n: int):
-    """step(k): move `bar` by k frames of a file of `n` frames, never past them; finish():
+    """step(k): move `bar` by k frames of a file of `n` frames, never past them; file_done():
     move it to the file's end (a failed file, or one its reader miscounted)."""
     moved = 0
 
@@ -489,38 +522,34 @@ def evaluate_files(vae: StreamingAutoencoder, data_path, out_path=None, *,
         check_distinct_paths([("report", out_path)],
                              [("data path", data_path), *(("input", f) for f in files)])
     per_file, failed, frame_psnrs = [], [], []
+    done = {"complete": False, "report": None}
 
-    def report(complete: bool) -> dict:
-        return _eval_report(vae, data_path, len(files), per_file, failed, frame_psnrs,
-                            complete, image_vae is not None)
-
-    def write(result: dict) -> None:
+    def finish() -> None:  # (run by a forced stop too: then "complete" is False)
+        done["report"] = _eval_report(vae, data_path, len(files), per_file, failed,
+                                      frame_psnrs, done["complete"], image_vae is not None)
         if out_path is not None:
-            write_json(out_path, result, overwrite=overwrite)
+            write_json(out_path, done["report"], overwrite=overwrite)
 
-    stopped = on_forced_stop(lambda: write(report(complete=False)))
-    complete = False
+    finished = on_forced_stop(finish)
     try:
         counts = [_frame_count(p, backend) for p in files]
         with _progress(sum(counts), "eval", progress) as bar:
             for path, n in zip(files, counts, strict=True):
                 check_stop()
-                step, finish = _file_steps(bar, n)
+                step, file_done = _file_steps(bar, n)
                 r = _evaluate_one(vae, path, backend, image_vae, step, failed)
-                finish()
+                file_done()
                 if r is not None:
                     frame_psnrs.append(r.pop("psnr_per_frame"))
                     per_file.append(r)
-        complete = True
+        done["complete"] = True
     finally:
-        if not stopped.cancel():  # a forced stop writes the partial report and ends the process
+        if not finished.run():  # a forced stop writes the partial report and ends the process
             check_stop()
-        result = report(complete)
-        write(result)
     if not per_file:
         raise VideoVAEError(f"none of the {len(files)} files in {data_path} could be evaluated "
                             f"(first: {failed[0]['file']}: {failed[0]['error']})")
-    return result
+    return done["report"]
 
 
 def _evaluate_one(vae, path, backend, image_vae, on_frames, failed: list) -> dict | None:

@@ -128,6 +128,7 @@ def stop_message(signum: int) -> str:
 
 
 _requested: int | None = None  # the first stop signal of the running `stop_on_signals` block
+_watching = False  # a `stop_on_signals` block has set the wakeup fd
 _hooks: dict[int, Callable[[], None]] = {}
 _hooks_lock = threading.Lock()
 _hook_ids = itertools.count()
@@ -159,6 +160,16 @@ class ForcedStopHook:
         with _hooks_lock:
             return _hooks.pop(self.id, None) is not None
 
+    def run(self) -> bool:
+        """Run the hook now, in this thread (e.g. write the final report), unless a forced stop
+        has taken it (then False); a forced stop meanwhile waits for it, so what it writes is
+        not cut in half. (The hook must not register hooks.)"""
+        with _hooks_lock:
+            fn = _hooks.pop(self.id, None)
+            if fn is not None:
+                fn()
+        return fn is not None
+
     def __enter__(self):
         return self
 
@@ -175,19 +186,20 @@ def on_forced_stop(fn: Callable[[], None]) -> ForcedStopHook:
 
 
 @contextlib.contextmanager
-def stop_on_signals(grace: float = STOP_GRACE_S):
+def stop_on_signals(grace: float | None = None):
     """Stop the block's work promptly on SIGINT or SIGTERM (in the main thread; elsewhere a
     no-op): the first signal raises KeyboardInterrupt (SIGINT) or `Terminated` (SIGTERM), so
     outputs unwind as on any error (temporaries removed, partial reports written); a second
     signal does not interrupt that cleanup. Python raises only between bytecodes, and one native
     step (a convolution over large frames) can take minutes: if the block has not ended `grace`
-    seconds after the signal, a watcher thread runs the `on_forced_stop` hooks, prints the stop
-    line and ends the process with 128 + the signal number. Signals that were ignored when the
-    block started (a background job's SIGINT) stay ignored."""
+    seconds after the signal (default STOP_GRACE_S), a watcher thread runs the `on_forced_stop`
+    hooks, prints the stop line and ends the process with 128 + the signal number. Signals that
+    were ignored when the block started (a background job's SIGINT) stay ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global _requested
+    global _requested, _watching
+    grace = STOP_GRACE_S if grace is None else grace
     wanted = [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.getsignal(s) for s in wanted}
     recv, send = socket.socketpair()
@@ -196,6 +208,7 @@ def stop_on_signals(grace: float = STOP_GRACE_S):
         old_fd = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
     except ValueError:  # (no wakeup fd: the signals still raise, without the deadline)
         old_fd = None
+    _watching = old_fd is not None
     done, forcing = threading.Event(), threading.Lock()
     watcher = threading.Thread(target=_watch, args=(recv, done, forcing, grace), daemon=True,
                                name="videovae-stop-watcher")
@@ -211,11 +224,24 @@ def stop_on_signals(grace: float = STOP_GRACE_S):
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         if old_fd is not None:
             signal.set_wakeup_fd(old_fd)
+        _watching = False
         send.close()  # the watcher sees the end of its socket and returns
         watcher.join(1.0)
         _requested = None
         with _hooks_lock:
             _hooks.clear()
+
+
+def _forget_wakeup_fd_in_child() -> None:
+    """A forked child (a DataLoader worker) must not write its own signals into the parent's
+    wakeup socket: the parent's watcher would take a worker's SIGTERM for its own."""
+    if _watching:
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_wakeup_fd_in_child)
 
 
 def _on_signal(signum, frame):

@@ -297,9 +297,9 @@ def test_non_regular_files_are_refused_at_once(tmp_path, clip, kind):
         writer.join(10)
     assert not hung, "the reader blocked on a non-regular file"
     assert isinstance(result.get("error"), VideoReadError)
-    what = "a device" if kind == "device" else "a FIFO"
-    assert str(result["error"]) == (f"{path} is {what}{' (named pipe)' * (kind != 'device')}, "
-                                    "not a regular file: save the video to a file first")
+    what = "a device" if kind == "device" else "a pipe (FIFO)"
+    assert str(result["error"]) == (f"{path} is {what}, not a regular file: save the video to a "
+                                    "file first")
 
 
 # ----------------------------------------------------------------------------------------------

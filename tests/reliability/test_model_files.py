@@ -43,7 +43,26 @@ def _truncated_weights(model):
     return ["cannot load the model at"]
 
 
+def _zero_norm_groups(model):  # issue 19 item 19: was a ZeroDivisionError traceback
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["norm_num_groups"] = 0
+    (model / "config.json").write_text(json.dumps(cfg))
+    return ["cannot load the model at", re.escape(str(model)), "norm_num_groups must be >= 1"]
+
+
+def _weights_lack_a_tensor(model):  # issue 19 item 19: was "Tensor.item() ... meta tensors"
+    from safetensors.torch import load_file, save_file
+
+    w = model / "diffusion_pytorch_model.safetensors"
+    state = load_file(w)
+    del state["decoder.conv_out.weight"]
+    save_file(state, w)
+    return [re.escape(str(model)), "lacks 1 of the model's tensors", "decoder.conv_out.weight"]
+
+
 @pytest.mark.parametrize("damage", [
+    pytest.param(_zero_norm_groups, id="norm-num-groups-zero"),
+    pytest.param(_weights_lack_a_tensor, id="weights-lack-a-tensor"),
     pytest.param(_no_config, id="no-config-json"),
     pytest.param(_wrong_widths, id="config-widths-disagree-with-weights"),
     pytest.param(_missing, id="folder-missing"),

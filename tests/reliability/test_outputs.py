@@ -92,3 +92,41 @@ def test_umask_027_gives_an_inflated_folder_0750_and_its_config_0640(tmp_path, r
     run_cli("inflate", "--image-vae", tmp_path / "image_vae", "-o", out).ok()
     modes = (out.stat().st_mode & 0o777, (out / "config.json").stat().st_mode & 0o777)
     assert tuple(map(oct, modes)) == (oct(0o750), oct(0o640))
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk while an output is written (issue 19 item 3: safetensors and shards gave a raw
+# SafetensorError): one line naming the output, the temporary removed, the old file kept
+
+
+def _enospc(tmp):
+    raise OSError(28, "No space left on device")
+
+
+def _safetensors_full(tmp):
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                          "message: \"No space left on device\" })")
+
+
+@pytest.mark.parametrize("fail", [_enospc, _safetensors_full], ids=["oserror", "safetensors"])
+@pytest.mark.parametrize("is_dir", [False, True], ids=["file", "folder"])
+def test_a_full_disk_is_one_line_naming_the_output_and_keeps_the_old_one(tmp_path, fail,
+                                                                         is_dir):
+    from videovae.errors import VideoVAEError
+    from videovae.io.atomic import atomic_output
+
+    out = tmp_path / ("model" if is_dir else "z.safetensors")
+    if is_dir:
+        out.mkdir()
+        (out / "old.txt").write_text("old")
+    else:
+        out.write_text("old")
+    with pytest.raises(VideoVAEError) as info, atomic_output(out, is_dir=is_dir,
+                                                             overwrite=True) as tmp:
+        fail(tmp)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write {out}: no space left on device") and "\n" not in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temporary left
+    assert (out / "old.txt" if is_dir else out).read_text() == "old"

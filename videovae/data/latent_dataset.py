@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import VideoVAEError
+from ..io.listing import jsonl_objects
 
 ROW_FIELDS = ("shard", "key", "has_std")
 
@@ -63,14 +64,8 @@ def _read_json(path: Path) -> dict:
 
 def _read_index(index: Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(index.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VideoVAEError(f"{index}:{n}: not a JSON object ({e})") from None
-        missing = [k for k in ROW_FIELDS if not isinstance(row, dict) or k not in row]
+    for n, row in jsonl_objects(index.read_text(), index):
+        missing = [k for k in ROW_FIELDS if k not in row]
         if missing:
             raise VideoVAEError(f"{index}:{n}: row without {', '.join(missing)}")
         if not isinstance(row["shard"], str) or not isinstance(row["key"], str):

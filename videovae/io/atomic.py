@@ -176,9 +176,21 @@ def atomic_output(path, is_dir: bool = False, overwrite: bool = False):
         if is_dir:  # and inside a folder, the files they wrote (a model's weights) the same way
             _normalize_file_modes(tmp)
         _publish(tmp, path, is_dir, overwrite)
-    except BaseException:
+    except BaseException as e:
         _remove(tmp)
+        # OSError 28, or safetensors' own error carrying its text (our own errors already name
+        # what failed: an inner output's, say)
+        if is_disk_full(e) and not isinstance(e, VideoVAEError):
+            raise VideoVAEError(f"cannot write {path}: no space left on device (nothing was "
+                                "written; the earlier file, if any, is unchanged)") from e
         raise
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether a write failed because the disk is full (however the writer reports it)."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    return isinstance(e, Exception) and "no space left on device" in str(e).lower()
 
 
 # ----------------------------------------------------------------------------------------------

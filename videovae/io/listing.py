@@ -8,10 +8,27 @@ import io
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import VideoVAEError
+
+
+def input_file_mode(path, what: str) -> str | None:
+    """None for an existing regular file; else what `path` is instead ("a directory", "a pipe
+    (FIFO)", "a socket", "a device": a FIFO would block every reader forever). A missing path
+    is a FileNotFoundError naming `what`."""
+    try:
+        mode = Path(path).stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} not found: {path}") from None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return ("a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device")
 
 logger = logging.getLogger(__name__)
 
@@ -112,20 +129,31 @@ def _csv_paths(path: Path) -> list[str]:
     return [row[col] for row in reader if len(row) > col and row[col].strip()]
 
 
-def _jsonl_paths(path: Path) -> list[str]:
-    """The `path` of every line of a JSONL manifest (one JSON object per line)."""
-    paths = []
-    for i, line in enumerate(_read_manifest(path).splitlines()):
+def jsonl_objects(text: str, where) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of JSON Lines text; a line that is not a
+    JSON object is an error naming `where` and the line."""
+    objects = []
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as e:
-            raise VideoVAEError(f"{path}:{i + 1}: not a JSON object ({e})") from e
-        if not isinstance(item, dict) or "path" not in item:
-            raise VideoVAEError(f"{path}:{i + 1}: manifest entry without 'path'")
+            raise VideoVAEError(f"{where}:{n}: not a JSON object ({e})") from None
+        if not isinstance(item, dict):
+            raise VideoVAEError(f"{where}:{n}: not a JSON object ({type(item).__name__})")
+        objects.append((n, item))
+    return objects
+
+
+def _jsonl_paths(path: Path) -> list[str]:
+    """The `path` of every line of a JSONL manifest (one JSON object per line)."""
+    paths = []
+    for n, item in jsonl_objects(_read_manifest(path), path):
+        if "path" not in item:
+            raise VideoVAEError(f"{path}:{n}: manifest entry without 'path'")
         if not isinstance(item["path"], str) or not item["path"]:
-            raise VideoVAEError(f"{path}:{i + 1}: 'path' must be a non-empty string, got "
+            raise VideoVAEError(f"{path}:{n}: 'path' must be a non-empty string, got "
                                 f"{item['path']!r}")
         paths.append(item["path"])
     return paths

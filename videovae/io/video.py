@@ -15,7 +15,6 @@ import contextlib
 import logging
 import math
 import os
-import stat
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import VideoReadError, VideoVAEError, one_line
-from .listing import WRITABLE_VIDEO_SUFFIXES, check_output_suffix, is_image
+from .listing import WRITABLE_VIDEO_SUFFIXES, check_output_suffix, input_file_mode, is_image
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +52,10 @@ def _has_decord() -> bool:
 def check_regular_file(path: Path) -> None:
     """Refuse a missing path, a folder, and anything that is not a regular file (a FIFO would
     block every reader forever, a device is no video)."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"video not found: {path}") from None
-    if stat.S_ISDIR(mode):
+    kind = input_file_mode(path, "video")
+    if kind == "a directory":
         raise VideoReadError(f"{path} is a directory, not a video")
-    if not stat.S_ISREG(mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
-                "a socket" if stat.S_ISSOCK(mode) else "a device")
+    if kind is not None:
         raise VideoReadError(f"{path} is {kind}, not a regular file: save the video to a file "
                              "first")
 

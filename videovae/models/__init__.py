@@ -12,11 +12,12 @@ from ..frames import (
 )
 from .autoencoder_cv import AutoencoderCV, VideoVAE
 from .autoencoder_ktc import AutoencoderKTC
+from .autoencoder_wan import AutoencoderWan
 from .base import StreamingAutoencoder
 from .distributions import DiagonalGaussianDistribution
 from .registry import DEFAULT_ARCH, FAMILIES, families, family_class, load_model, model_class_for
 
-__all__ = ["AutoencoderCV", "VideoVAE", "AutoencoderKTC", "StreamingAutoencoder",
+__all__ = ["AutoencoderCV", "VideoVAE", "AutoencoderKTC", "AutoencoderWan", "StreamingAutoencoder",
            "DiagonalGaussianDistribution", "FAMILIES", "DEFAULT_ARCH", "families",
            "family_class", "load_model", "model_class_for", "num_latent_frames",
            "num_decoded_frames", "frame_counts_for", "pad_frames", "pad_size", "pad_video"]

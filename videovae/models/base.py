@@ -128,6 +128,8 @@ class StreamingAutoencoder(PipelineNamesMixin, ModelMixin, AutoencoderMixin):
                     given_t: int | None, given_s: int | None) -> None:
         """Check an SD-layout level list (one `temporal_downsample` flag per downsampling level,
         widths divisible by the norm groups) and record the ratios it gives."""
+        if norm_num_groups < 1:
+            raise ValueError(f"norm_num_groups must be >= 1, got {norm_num_groups}")
         if len(temporal_downsample) != len(block_out_channels) - 1:
             raise ValueError(f"temporal_downsample needs {len(block_out_channels) - 1} entries "
                              f"(one per downsampling level), got {list(temporal_downsample)}")

@@ -91,8 +91,15 @@ def load_model(model_dir="default", device=None, dtype=torch.float32):
         vae = cls.from_pretrained(str(model_dir), torch_dtype=dtype)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, ArithmeticError) as e:
         raise ModelLoadError(f"cannot load the model at {model_dir}: {one_line(e)}") from e
+    # diffusers leaves weights the file lacks on the meta device (and only warns)
+    missing = [name for name, t in (*vae.named_parameters(), *vae.named_buffers()) if t.is_meta]
+    if missing:
+        more = ", ..." if len(missing) > 3 else ""
+        raise ModelLoadError(f"{model_dir}: the weights file lacks {len(missing)} of the model's "
+                             f"tensors ({', '.join(missing[:3])}{more}); a truncated or foreign "
+                             "file?")
     bad = [name for name, p in vae.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise ModelLoadError(f"{model_dir} holds non-finite weights in {len(bad)} tensors "
