@@ -4,6 +4,7 @@ Imported by test modules as `helpers` (tests/ is on sys.path through conftest.py
 """
 
 import importlib.util
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -94,6 +95,13 @@ def tiny_image_vae(seed=0, widths=(8, 16, 16, 16), groups=4, **kw) -> Autoencode
 def random_video(b=1, t=9, h=32, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 3, t, h, w, generator=g) * 2 - 1
+
+
+def launch_processes(n: int) -> list[str]:
+    """The command prefix that starts `n` processes through Accelerate's launcher; without CUDA
+    they are gloo processes on the CPU (accelerate's `--cpu` flag would start a single one)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def photo_clip(t=9, size=(64, 96), photo="chelsea", speed=2.0):

@@ -15,7 +15,7 @@ from videovae.extract import ExtractOptions, Extractor, frame_ranges, nearest_bu
 from videovae.io.video import VideoReader, frames_to_tensor
 from videovae.latents import normalize_latents
 
-from helpers import TOL, tiny_vae, write_media
+from helpers import TOL, launch_processes, tiny_vae, write_media
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -158,10 +158,8 @@ def test_two_processes_give_the_same_bytes_as_one(tmp_path, media, model_dir):
     one = subprocess.run([sys.executable, *args, "-o", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                          "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-                          "no", "--dynamo_backend", "no", *args, "-o", str(tmp_path / "two")],
-                         env=env, capture_output=True, text=True, timeout=600)
+    two = subprocess.run([*launch_processes(2), *args, "-o", str(tmp_path / "two")], env=env,
+                         capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     a, b = _files(tmp_path / "one"), _files(tmp_path / "two")

@@ -29,7 +29,7 @@ from videovae.learnability import ProbeConfig
 from videovae.learnability import run as learn_run
 from videovae.weights import default_model_dir
 
-from helpers import tiny_vae
+from helpers import launch_processes, tiny_vae
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state", "one_thread")
 
@@ -204,9 +204,7 @@ def test_two_processes_share_a_small_folder_and_agree_with_one(tmp_path, videos,
                          env={**process_env, "OMP_NUM_THREADS": "2"}, capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                          "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-                          "no", "--dynamo_backend", "no", *args, "-o", str(tmp_path / "two")],
+    two = subprocess.run([*launch_processes(2), *args, "-o", str(tmp_path / "two")],
                          env=process_env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-2000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())

@@ -4,7 +4,6 @@ inflation with latent regularization, two processes, CLI errors."""
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from videovae.metrics import mean_psnr_ssim
 from videovae.training.config import load_train_config
 from videovae.training.losses import VAELoss
 
-from helpers import reset_accelerate_state, tiny_image_vae, write_media
+from helpers import launch_processes, reset_accelerate_state, tiny_image_vae, write_media
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = ["model.block_out_channels=[8,16,16,16]", "model.layers_per_block=1",
@@ -319,11 +318,8 @@ def test_continue_a_model_folder_with_a_frozen_image_vae(tmp_path):
 def test_two_process_accelerate_launch(tmp_path):
     write_media(tmp_path / "data")
     out = tmp_path / "ddp"
-    # accelerate 1.15's `--cpu` flag starts a single process (its simple launcher); the
-    # multi-process launcher with no CUDA gives two gloo processes on the CPU
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "videovae", "train", "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
+    cmd = [*launch_processes(2), "-m", "videovae", "train",
+           "--config", str(ROOT / "configs/train/tiny_cpu.yaml"),
            *_overrides(out, 3, [
                "data.sources=[{type: image, path: " + str(tmp_path / "data/images") +
                ", num_frames: 1, resolution: 32, batch_size: 2},"
